@@ -13,8 +13,8 @@ type testErr struct {
 	after time.Duration
 }
 
-func (e testErr) Error() string              { return fmt.Sprintf("test error retry=%v after=%v", e.retry, e.after) }
-func (e testErr) Retryable() bool            { return e.retry }
+func (e testErr) Error() string             { return fmt.Sprintf("test error retry=%v after=%v", e.retry, e.after) }
+func (e testErr) Retryable() bool           { return e.retry }
 func (e testErr) RetryAfter() time.Duration { return e.after }
 
 var fast = Policy{MaxAttempts: 4, InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond}
