@@ -1,0 +1,170 @@
+package threatq
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+)
+
+// Attribute is a named value on an indicator ("Threat Level": "Malicious").
+type Attribute struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// attributePageSize is asked for only when the first list answer says it
+// holds fewer rows than the indicator has.
+const attributePageSize = 500
+
+// Attributes returns the attributes of an indicator, in ThreatQ's order.
+// An indicator may hold several rows of one name.
+func (c *Client) Attributes(ctx context.Context, indicatorID int64) ([]Attribute, error) {
+	rows, err := c.attributeRows(ctx, indicatorID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Attribute, len(rows))
+	for i, r := range rows {
+		out[i] = Attribute{Name: r.Name, Value: r.Value}
+	}
+	return out, nil
+}
+
+// attributeRows lists every attribute row of an indicator. The first
+// request is the plain one every known integration sends; only when its
+// total says rows are missing does it page on with limit and offset.
+func (c *Client) attributeRows(ctx context.Context, indicatorID int64) ([]AttributeRow, error) {
+	if indicatorID <= 0 {
+		return nil, fmt.Errorf("threatq: attributes: %w: indicator id %d", ErrInvalidConfig, indicatorID)
+	}
+	path := attributesPath(indicatorID)
+	var rows []AttributeRow
+	var query url.Values
+	for {
+		var l AttributeList
+		if err := c.do(ctx, call{method: http.MethodGet, path: path, query: query}, &l); err != nil {
+			return nil, fmt.Errorf("threatq: list attributes of indicator %d: %w", indicatorID, err)
+		}
+		rows = append(rows, l.Data...)
+		if len(l.Data) == 0 || int64(len(rows)) >= l.Total {
+			return rows, nil
+		}
+		query = url.Values{"limit": {strconv.Itoa(attributePageSize)}, "offset": {strconv.Itoa(len(rows))}}
+	}
+}
+
+func attributesPath(indicatorID int64) string {
+	return "/api/indicators/" + strconv.FormatInt(indicatorID, 10) + "/attributes"
+}
+
+// SetAttributes makes each named attribute of the indicator hold exactly
+// the given value, with this client's attribute source: one list request,
+// then only the writes that change something. A name that is absent is
+// added (POST); a name present with another value has its row changed in
+// place (PUT), keeping the row's id; further rows of the same name are
+// removed (DELETE). Attributes not named in attrs are left alone. Running
+// it twice with the same attrs sends no write the second time.
+//
+// It is not atomic: when it fails half-way, running it again completes the
+// work. Two concurrent calls for one indicator may both add a row; the
+// next call removes the extra one.
+func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []Attribute) error {
+	if len(attrs) == 0 {
+		return nil
+	}
+	seen := make(map[string]bool, len(attrs))
+	for _, a := range attrs {
+		if a.Name == "" {
+			return fmt.Errorf("threatq: set attributes of indicator %d: %w: an attribute has no name", indicatorID, ErrInvalidConfig)
+		}
+		if seen[a.Name] {
+			return fmt.Errorf("threatq: set attributes of indicator %d: %w: attribute %q given twice", indicatorID, ErrInvalidConfig, a.Name)
+		}
+		seen[a.Name] = true
+	}
+	rows, err := c.attributeRows(ctx, indicatorID)
+	if err != nil {
+		return err
+	}
+	byName := make(map[string][]AttributeRow, len(attrs))
+	for _, r := range rows {
+		if seen[r.Name] {
+			byName[r.Name] = append(byName[r.Name], r)
+		}
+	}
+	for _, rs := range byName {
+		slices.SortStableFunc(rs, func(a, b AttributeRow) int { return cmp.Compare(a.ID, b.ID) })
+	}
+	var errs []error
+	for _, a := range attrs {
+		if err := c.setOne(ctx, indicatorID, a, byName[a.Name]); err != nil {
+			errs = append(errs, err)
+			// A ThreatQ that is down fails every other write too; stop
+			// rather than pile up the same error.
+			if ctx.Err() != nil || errors.Is(err, ErrUnavailable) {
+				break
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("threatq: set attributes of indicator %d: %w", indicatorID, errors.Join(errs...))
+	}
+	return nil
+}
+
+// setOne brings the rows of one name to the single value of a.
+func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, rows []AttributeRow) error {
+	path := attributesPath(indicatorID)
+	if len(rows) == 0 {
+		// One object per request: the single-object body is the one every
+		// known integration sends (arrays are said to work but are unproven).
+		body := attributeBody{Name: a.Name, Value: a.Value, Sources: []Source{{Name: c.source}}}
+		if err := c.do(ctx, call{method: http.MethodPost, path: path, body: body}, nil); err != nil {
+			return fmt.Errorf("add %q: %w", a.Name, err)
+		}
+		return nil
+	}
+	// Keep a row that already holds the value, so that nothing changes
+	// when nothing has to; otherwise the first (oldest) row.
+	keep := 0
+	for i, r := range rows {
+		if r.Value == a.Value {
+			keep = i
+			break
+		}
+	}
+	if rows[keep].Value != a.Value {
+		rowPath := path + "/" + strconv.FormatInt(rows[keep].ID, 10)
+		if err := c.do(ctx, call{method: http.MethodPut, path: rowPath, body: valueBody{Value: a.Value}}, nil); err != nil {
+			return fmt.Errorf("change %q (row %d): %w", a.Name, rows[keep].ID, err)
+		}
+	}
+	for i, r := range rows {
+		if i == keep {
+			continue
+		}
+		rowPath := path + "/" + strconv.FormatInt(r.ID, 10)
+		err := c.do(ctx, call{method: http.MethodDelete, path: rowPath}, nil)
+		// A row already gone is what we wanted (a concurrent or earlier
+		// partial run removed it).
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("remove extra %q (row %d): %w", a.Name, r.ID, err)
+		}
+	}
+	return nil
+}
+
+type attributeBody struct {
+	Name    string   `json:"name"`
+	Value   string   `json:"value"`
+	Sources []Source `json:"sources"`
+}
+
+type valueBody struct {
+	Value string `json:"value"`
+}

@@ -1,0 +1,284 @@
+package threatq
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// This file holds the documents ThreatQ sends, as this client reads them.
+// They are exported so that the simulator's tests can hold the simulator's
+// answers to the same decoding as the public fixtures. Decoding is tolerant
+// where public sources show more than one shape (numbers as strings, an
+// empty "data" sent as {} rather than []).
+
+// Indicator is one ThreatQ indicator as this service uses it. Type is the
+// type's name ("SHA-256", "FQDN", …), never its id: type ids differ per
+// ThreatQ instance.
+//
+// It encodes as {"id":…,"type":"…","value":"…"} and decodes from that or
+// from a whole indicator object as the API returns it, where "type" is an
+// object {"id","name","class"}; "id" may be a number or a string holding
+// one. Decoding does not check that the fields are present: callers decide
+// what an incomplete indicator means.
+type Indicator struct {
+	ID    int64  `json:"id"`
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler with the tolerance described on
+// Indicator.
+func (in *Indicator) UnmarshalJSON(b []byte) error {
+	var w struct {
+		ID    flexInt     `json:"id"`
+		Type  flexName    `json:"type"`
+		Value *flexString `json:"value"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("indicator: %w", err)
+	}
+	in.ID = int64(w.ID)
+	in.Type = string(w.Type)
+	in.Value = ""
+	if w.Value != nil {
+		in.Value = string(*w.Value)
+	}
+	return nil
+}
+
+// CollectionPage is one page of GET /api/indicators/query/hash/{hash}:
+// {"total","data":[…],"nextCursorMark","limit"}. The last page's "data" is
+// an empty object, which decodes as no indicators.
+type CollectionPage struct {
+	Total          int64       `json:"total"`
+	Data           []Indicator `json:"data"`
+	NextCursorMark string      `json:"nextCursorMark"`
+	Limit          int64       `json:"limit"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (p *CollectionPage) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Total          flexInt `json:"total"`
+		Data           rawList `json:"data"`
+		NextCursorMark string  `json:"nextCursorMark"`
+		Limit          flexInt `json:"limit"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("collection page: %w", err)
+	}
+	data, err := decodeList[Indicator](w.Data)
+	if err != nil {
+		return fmt.Errorf("collection page data: %w", err)
+	}
+	*p = CollectionPage{Total: int64(w.Total), Data: data, NextCursorMark: w.NextCursorMark, Limit: int64(w.Limit)}
+	return nil
+}
+
+// TokenResponse is the answer of POST /api/token. ExpiresIn is in seconds;
+// zero means the server did not say.
+type TokenResponse struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int64  `json:"expires_in"`
+	RefreshToken string `json:"refresh_token"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler (expires_in may be a string).
+func (t *TokenResponse) UnmarshalJSON(b []byte) error {
+	var w struct {
+		AccessToken  string  `json:"access_token"`
+		TokenType    string  `json:"token_type"`
+		ExpiresIn    flexInt `json:"expires_in"`
+		RefreshToken string  `json:"refresh_token"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("token response: %w", err)
+	}
+	*t = TokenResponse{AccessToken: w.AccessToken, TokenType: w.TokenType, ExpiresIn: int64(w.ExpiresIn), RefreshToken: w.RefreshToken}
+	return nil
+}
+
+// AttributeRow is one attribute of an indicator as ThreatQ lists it: the
+// row's own ID (used to change or remove it), the attribute's type id, its
+// name and value, and the sources that set it.
+type AttributeRow struct {
+	ID          int64    `json:"id"`
+	AttributeID int64    `json:"attribute_id"`
+	Name        string   `json:"name"`
+	Value       string   `json:"value"`
+	Sources     []Source `json:"sources,omitempty"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (a *AttributeRow) UnmarshalJSON(b []byte) error {
+	var w struct {
+		ID          flexInt    `json:"id"`
+		AttributeID flexInt    `json:"attribute_id"`
+		Name        flexString `json:"name"`
+		Value       flexString `json:"value"`
+		Sources     rawList    `json:"sources"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("attribute: %w", err)
+	}
+	sources, err := decodeList[Source](w.Sources)
+	if err != nil {
+		return fmt.Errorf("attribute sources: %w", err)
+	}
+	*a = AttributeRow{ID: int64(w.ID), AttributeID: int64(w.AttributeID), Name: string(w.Name), Value: string(w.Value), Sources: sources}
+	return nil
+}
+
+// AttributeList is the answer of GET /api/indicators/{id}/attributes.
+type AttributeList struct {
+	Total int64          `json:"total"`
+	Data  []AttributeRow `json:"data"`
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (l *AttributeList) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Total flexInt `json:"total"`
+		Data  rawList `json:"data"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("attribute list: %w", err)
+	}
+	data, err := decodeList[AttributeRow](w.Data)
+	if err != nil {
+		return fmt.Errorf("attribute list data: %w", err)
+	}
+	*l = AttributeList{Total: int64(w.Total), Data: data}
+	return nil
+}
+
+// Source names who set an attribute or reported an indicator.
+type Source struct {
+	Name string `json:"name"`
+}
+
+// rawList keeps a JSON value for decodeList. Unlike json.RawMessage it is
+// only ever decoded from, so it need not copy on Marshal.
+type rawList []byte
+
+func (r *rawList) UnmarshalJSON(b []byte) error {
+	*r = append((*r)[:0], b...)
+	return nil
+}
+
+// decodeList decodes an array of T, and accepts null, absent or an empty
+// object as no elements: ThreatQ answers the last page of a collection
+// with "data": {}.
+func decodeList[T any](b []byte) ([]T, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || string(b) == "null" {
+		return nil, nil
+	}
+	switch b[0] {
+	case '[':
+		var out []T
+		if err := json.Unmarshal(b, &out); err != nil {
+			return nil, err
+		}
+		return out, nil
+	case '{':
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, err
+		}
+		if len(m) == 0 {
+			return nil, nil
+		}
+		return nil, errors.New("an object with members where a list was expected")
+	default:
+		return nil, fmt.Errorf("a JSON %s where a list was expected", kind(b[0]))
+	}
+}
+
+func kind(c byte) string {
+	switch c {
+	case '"':
+		return "string"
+	case 't', 'f':
+		return "boolean"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	default:
+		return "number"
+	}
+}
+
+// flexInt decodes a JSON integer, a string holding one, or null (zero).
+type flexInt int64
+
+func (n *flexInt) UnmarshalJSON(b []byte) error {
+	s := string(b)
+	if s == "null" {
+		*n = 0
+		return nil
+	}
+	if len(s) > 0 && s[0] == '"' {
+		var str string
+		if err := json.Unmarshal(b, &str); err != nil {
+			return err
+		}
+		s = str
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not an integer: %.40q", s)
+	}
+	*n = flexInt(v)
+	return nil
+}
+
+// flexString decodes a JSON string or null (empty).
+type flexString string
+
+func (s *flexString) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*s = ""
+		return nil
+	}
+	if len(b) == 0 {
+		return errors.New("empty JSON value")
+	}
+	if b[0] != '"' {
+		return fmt.Errorf("a JSON %s where a string was expected", kind(b[0]))
+	}
+	var str string
+	if err := json.Unmarshal(b, &str); err != nil {
+		return err
+	}
+	*s = flexString(str)
+	return nil
+}
+
+// flexName decodes an indicator type given as its name ("SHA-256") or as
+// the API's object {"id","name","class"}, or null.
+type flexName string
+
+func (n *flexName) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '{' {
+		var o struct {
+			Name flexString `json:"name"`
+		}
+		if err := json.Unmarshal(b, &o); err != nil {
+			return err
+		}
+		*n = flexName(o.Name)
+		return nil
+	}
+	var s flexString
+	if err := s.UnmarshalJSON(b); err != nil {
+		return err
+	}
+	*n = flexName(s)
+	return nil
+}
