@@ -1,0 +1,323 @@
+// Package triage is a client for the threat indicators of the Cofense Triage
+// public API v2: create, update, get, find by type and value, and list. It
+// owns the HTTP side of talking to Triage: OAuth2 client credentials with a
+// shared, renewed token; the JSON:API media type; bounded bodies; one error
+// type whose Kind says what a caller can do; and retries of what may succeed
+// later (server errors, transport errors, 429 with its Retry-After).
+//
+// It does not validate or map indicators (package mapping does), and it
+// decides nothing about jobs: a duplicate is ErrDuplicate, and what that
+// means for a run is the caller's business.
+//
+// The API is described in shared/API.md; the simulator in triagesim behaves
+// like it and is what the tests run against.
+package triage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/internal/retry"
+)
+
+// MediaType is JSON:API's media type, sent as Content-Type and Accept.
+const MediaType = "application/vnd.api+json"
+
+// Paths below the base URL.
+const (
+	TokenPath = "/oauth/token"
+	APIPath   = "/api/public/v2"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxBodyBytes = 4 << 20
+	DefaultUserAgent    = "tqtriage"
+	// MaxRequestBytes bounds what one request sends; an indicator document
+	// is far smaller, so a larger one is a mistake upstream.
+	MaxRequestBytes = 1 << 20
+)
+
+// ErrRequestTooLarge is returned, without a request being sent, when a
+// request body would exceed MaxRequestBytes.
+var ErrRequestTooLarge = errors.New("request body too large")
+
+// Config configures a Client.
+type Config struct {
+	// BaseURL is the Triage instance, e.g. https://triage.example.com.
+	// A trailing /api/public/v2 is tolerated and removed.
+	BaseURL      string
+	ClientID     string
+	ClientSecret string
+	// HTTP sets TLS verification, an extra CA file, timeouts and pooling;
+	// proxies come from the standard environment variables.
+	HTTP httpclient.Options
+	// Retry is the policy of every call (zero value: internal/retry's
+	// defaults). WithRetry gives a copy of the client with another one.
+	Retry retry.Policy
+	// MaxBodyBytes bounds a response body (default DefaultMaxBodyBytes).
+	MaxBodyBytes int64
+	// UserAgent is sent on every request (default DefaultUserAgent).
+	UserAgent string
+	// OnRetry, when set, is told about every failed attempt that will be
+	// tried again: the error, the attempt's number (1-based) and the wait.
+	// It runs on the calling goroutine.
+	OnRetry func(err error, attempt int, wait time.Duration)
+}
+
+// Client calls one Triage instance. It is safe for concurrent use; its
+// copies from WithRetry and WithOnRetry share its connections and token.
+type Client struct {
+	base    *url.URL // scheme://host[:port] plus any path prefix, no trailing slash
+	api     string   // base + APIPath
+	hc      *http.Client
+	tokens  *tokenCache
+	secret  string // only to scrub it from error texts
+	maxBody int64
+	agent   string
+	policy  retry.Policy
+	onRetry retry.Notify
+}
+
+// New checks cfg and returns a client. No request is made: the first call
+// fetches the token (Ping checks the credentials up front). ctx is kept,
+// without its cancellation, for token requests: pass the service's context.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	base, err := parseBaseURL(cfg.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ClientID == "" {
+		return nil, errors.New("triage: client ID is required")
+	}
+	if cfg.ClientSecret == "" {
+		return nil, errors.New("triage: client secret is required")
+	}
+	hc, err := httpclient.New(cfg.HTTP)
+	if err != nil {
+		return nil, fmt.Errorf("triage: HTTP client: %w", err)
+	}
+	// A redirect would turn a POST into a GET without its body; report it
+	// instead (CheckResponse makes it a KindBadResponse naming the target).
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	c := &Client{
+		base:    base,
+		api:     base.String() + APIPath,
+		hc:      hc,
+		secret:  cfg.ClientSecret,
+		maxBody: cfg.MaxBodyBytes,
+		agent:   cfg.UserAgent,
+		policy:  cfg.Retry,
+		onRetry: cfg.OnRetry,
+	}
+	if c.maxBody <= 0 {
+		c.maxBody = DefaultMaxBodyBytes
+	}
+	if c.agent == "" {
+		c.agent = DefaultUserAgent
+	}
+	c.tokens = newTokenCache(ctx, &clientcredentials.Config{
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		TokenURL:     base.String() + TokenPath,
+		// Explicit: auto-detection would first try Basic auth and spend a
+		// failed request finding out.
+		AuthStyle: oauth2.AuthStyleInParams,
+	}, hc)
+	return c, nil
+}
+
+func parseBaseURL(raw string) (*url.URL, error) {
+	if strings.TrimSpace(raw) == "" {
+		return nil, errors.New("triage: base URL is required")
+	}
+	u, err := url.Parse(strings.TrimSpace(raw))
+	if err != nil {
+		return nil, fmt.Errorf("triage: base URL: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("triage: base URL %q: scheme must be http or https", raw)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("triage: base URL %q: no host", raw)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("triage: base URL %q: must not carry credentials, a query or a fragment", raw)
+	}
+	u.Path = strings.TrimSuffix(strings.TrimRight(u.Path, "/"), APIPath)
+	u.RawPath = ""
+	return u, nil
+}
+
+// WithRetry returns a copy of c that calls with policy p (retry.None: one
+// attempt). The copy shares c's connections and token.
+func (c *Client) WithRetry(p retry.Policy) *Client {
+	cp := *c
+	cp.policy = p
+	return &cp
+}
+
+// WithOnRetry returns a copy of c that reports retries to f (see
+// Config.OnRetry), for instance to count one job's attempts. The copy is
+// cheap and shares c's connections and token.
+func (c *Client) WithOnRetry(f func(err error, attempt int, wait time.Duration)) *Client {
+	cp := *c
+	cp.onRetry = f
+	return &cp
+}
+
+// call is one API operation: what to send and where.
+type call struct {
+	method string
+	url    string // absolute
+	path   string // below the API base, for errors
+	body   []byte // nil: no body
+}
+
+// newCall prepares an operation on path (below the API base) with an
+// optional query and a JSON body.
+func (c *Client) newCall(method, path string, query url.Values, body any) (call, error) {
+	k := call{method: method, url: c.api + path, path: path}
+	if len(query) > 0 {
+		k.url += "?" + query.Encode()
+	}
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return k, fmt.Errorf("triage: %s %s: encode body: %w", method, path, err)
+		}
+		if len(b) > MaxRequestBytes {
+			return k, fmt.Errorf("triage: %s %s: %w (%d bytes, limit %d)", method, path, ErrRequestTooLarge, len(b), MaxRequestBytes)
+		}
+		k.body = b
+	}
+	return k, nil
+}
+
+// newRequest is the one place a request is built: URL, JSON:API headers,
+// user agent, bearer token.
+func (c *Client) newRequest(ctx context.Context, k call, token string) (*http.Request, error) {
+	var body io.Reader
+	if k.body != nil {
+		body = bytes.NewReader(k.body)
+	}
+	req, err := http.NewRequestWithContext(ctx, k.method, k.url, body)
+	if err != nil {
+		return nil, err
+	}
+	if k.body != nil {
+		req.Header.Set("Content-Type", MediaType)
+	}
+	req.Header.Set("Accept", MediaType)
+	req.Header.Set("User-Agent", c.agent)
+	req.Header.Set("Authorization", "Bearer "+token)
+	return req, nil
+}
+
+// do runs k under the retry policy and decodes a success into out (when
+// not nil).
+func (c *Client) do(ctx context.Context, k call, out any) error {
+	_, err := retry.Do(ctx, c.policy, func(ctx context.Context) error {
+		return c.attempt(ctx, k, out)
+	}, c.onRetry)
+	return err
+}
+
+// attempt is one try of k, including the one renewal of the token that a
+// 401 earns: the token may have expired or been revoked since it was issued.
+func (c *Client) attempt(ctx context.Context, k call, out any) error {
+	token, err := c.tokens.token(ctx)
+	if err != nil {
+		return c.tokenFailure(err)
+	}
+	err = c.send(ctx, k, token, out)
+	if !errors.Is(err, ErrUnauthorized) {
+		return err
+	}
+	c.tokens.drop(token)
+	if token, err = c.tokens.token(ctx); err != nil {
+		return c.tokenFailure(err)
+	}
+	return c.send(ctx, k, token, out)
+}
+
+func (c *Client) tokenFailure(err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// The call's context ended while it waited for a token.
+		return &Error{Kind: KindTransport, Method: http.MethodPost, Path: TokenPath, Err: err}
+	}
+	e := tokenError(err, TokenPath)
+	c.scrub(e)
+	return e
+}
+
+// send makes one HTTP request and reads its answer.
+func (c *Client) send(ctx context.Context, k call, token string, out any) error {
+	req, err := c.newRequest(ctx, k, token)
+	if err != nil {
+		return fmt.Errorf("triage: %s %s: %w", k.method, k.path, err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		e := &Error{Kind: KindTransport, Method: k.method, Path: k.path, Err: err}
+		c.scrub(e)
+		return e
+	}
+	body, readErr := httpclient.ReadBody(resp.Body, c.maxBody)
+	httpclient.Drain(resp.Body)
+	if err := CheckResponse(resp, body, k.method, k.path); err != nil {
+		c.scrub(err.(*Error))
+		return err
+	}
+	if readErr != nil {
+		kind := KindTransport // cut off mid-body: worth another try
+		if errors.Is(readErr, httpclient.ErrBodyTooLarge) {
+			kind = KindBadResponse
+		}
+		return &Error{Kind: kind, StatusCode: resp.StatusCode, Method: k.method, Path: k.path, Err: readErr}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return &Error{Kind: KindBadResponse, StatusCode: resp.StatusCode, Method: k.method, Path: k.path,
+			Err: fmt.Errorf("decode %s: %w", MediaType, err)}
+	}
+	return nil
+}
+
+// scrub removes the client secret and the access token from what e says, in
+// case a server or proxy echoed them.
+func (c *Client) scrub(e *Error) {
+	secrets := []string{c.secret, c.tokens.current()}
+	for i, m := range e.Messages {
+		for _, s := range secrets {
+			if s != "" {
+				m = strings.ReplaceAll(m, s, "[redacted]")
+			}
+		}
+		e.Messages[i] = m
+	}
+	if e.Err != nil {
+		text := e.Err.Error()
+		for _, s := range secrets {
+			if s != "" && strings.Contains(text, s) {
+				e.Err = errors.New(strings.ReplaceAll(text, s, "[redacted]"))
+				text = e.Err.Error()
+			}
+		}
+	}
+}

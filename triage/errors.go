@@ -1,0 +1,313 @@
+package triage
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Kind says what went wrong with a call, in terms a caller can act on.
+type Kind int
+
+// The kinds of Error. Only KindRateLimited, KindServer and KindTransport are
+// retryable.
+const (
+	KindUnknown      Kind = iota
+	KindDuplicate         // 422 "has already been taken": the indicator exists
+	KindValidation        // any other 422: the request is wrong, Messages say why
+	KindNotFound          // 404
+	KindUnauthorized      // 401 after one fresh token, or the token endpoint refused the credentials
+	KindRateLimited       // 429, with RetryAfterDelay when the server sent Retry-After
+	KindServer            // 5xx
+	KindTransport         // no answer: connection refused or reset, timeout, TLS failure
+	KindClient            // any other 4xx: permanent
+	KindBadResponse       // a status or body the client cannot use (a redirect, undecodable or oversized JSON)
+)
+
+var kindNames = [...]string{
+	KindUnknown:      "unknown",
+	KindDuplicate:    "duplicate",
+	KindValidation:   "validation",
+	KindNotFound:     "not found",
+	KindUnauthorized: "unauthorized",
+	KindRateLimited:  "rate limited",
+	KindServer:       "server error",
+	KindTransport:    "transport",
+	KindClient:       "client error",
+	KindBadResponse:  "bad response",
+}
+
+func (k Kind) String() string {
+	if k >= 0 && int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Sentinels for errors.Is: errors.Is(err, triage.ErrDuplicate) holds for an
+// *Error of KindDuplicate however deeply it is wrapped.
+var (
+	ErrDuplicate    = errors.New("triage: duplicate")
+	ErrValidation   = errors.New("triage: validation failed")
+	ErrNotFound     = errors.New("triage: not found")
+	ErrUnauthorized = errors.New("triage: unauthorized")
+	ErrRateLimited  = errors.New("triage: rate limited")
+	ErrServer       = errors.New("triage: server error")
+	ErrTransport    = errors.New("triage: transport error")
+	ErrClient       = errors.New("triage: client error")
+	ErrBadResponse  = errors.New("triage: bad response")
+)
+
+var kindSentinels = [...]error{
+	KindDuplicate:    ErrDuplicate,
+	KindValidation:   ErrValidation,
+	KindNotFound:     ErrNotFound,
+	KindUnauthorized: ErrUnauthorized,
+	KindRateLimited:  ErrRateLimited,
+	KindServer:       ErrServer,
+	KindTransport:    ErrTransport,
+	KindClient:       ErrClient,
+	KindBadResponse:  ErrBadResponse,
+}
+
+// Error is what every call returns when Triage did not answer with success.
+// Its text never holds the client secret or an access token.
+type Error struct {
+	Kind       Kind
+	StatusCode int    // 0 when no response came (KindTransport)
+	Method     string // HTTP method of the failed request
+	Path       string // path below the API base (/threat_indicators/7), or /oauth/token
+	// Messages are the server's own words: title/detail of every JSON:API
+	// error object, or the OAuth error and its description.
+	Messages []string
+	// RetryAfterDelay is the server's Retry-After (429, 503), 0 when absent.
+	RetryAfterDelay time.Duration
+	// Err is the cause when there is one beyond the status: the transport or
+	// decoding error.
+	Err error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("triage: ")
+	b.WriteString(e.Method)
+	b.WriteByte(' ')
+	b.WriteString(e.Path)
+	b.WriteString(": ")
+	if e.StatusCode != 0 {
+		b.WriteString(strconv.Itoa(e.StatusCode))
+		b.WriteByte(' ')
+	}
+	b.WriteString(e.Kind.String())
+	if len(e.Messages) > 0 {
+		b.WriteString(": ")
+		b.WriteString(strings.Join(e.Messages, "; "))
+	}
+	if e.RetryAfterDelay > 0 {
+		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfterDelay)
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap gives errors.Is/As the cause (context.Canceled, a net error, …).
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is matches the Err* sentinel of e's kind.
+func (e *Error) Is(target error) bool {
+	return int(e.Kind) < len(kindSentinels) && target != nil && target == kindSentinels[e.Kind]
+}
+
+// Retryable tells internal/retry whether the same request may succeed later.
+func (e *Error) Retryable() bool {
+	switch e.Kind {
+	case KindRateLimited, KindServer, KindTransport:
+		return true
+	}
+	return false
+}
+
+// RetryAfter is the server's requested delay (0 when none), read by
+// internal/retry as the least wait before the next attempt.
+func (e *Error) RetryAfter() time.Duration { return e.RetryAfterDelay }
+
+// Bounds on what an error carries of a server's body: enough to act on, not
+// enough to turn an error log into a copy of a large answer.
+const (
+	maxMessages   = 20
+	maxMessageLen = 300
+)
+
+// CheckResponse turns a response that is not a success into an *Error and
+// returns nil for a 2xx. It is the one place that interprets status codes
+// and JSON:API error bodies. body is the response body, already read within
+// the client's bound (it may be truncated). method and path only label the
+// error.
+func CheckResponse(resp *http.Response, body []byte, method, path string) error {
+	code := resp.StatusCode
+	if code >= 200 && code <= 299 {
+		return nil
+	}
+	e := &Error{StatusCode: code, Method: method, Path: path}
+	switch {
+	case code == http.StatusUnauthorized:
+		e.Kind = KindUnauthorized
+		e.Messages = bearerError(resp.Header.Get("WWW-Authenticate"))
+	case code == http.StatusNotFound:
+		e.Kind = KindNotFound
+	case code == http.StatusUnprocessableEntity:
+		e.Kind = KindValidation
+	case code == http.StatusTooManyRequests:
+		e.Kind = KindRateLimited
+		e.RetryAfterDelay = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	case code >= 500 && code <= 599:
+		e.Kind = KindServer
+		e.RetryAfterDelay = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	case code >= 400 && code <= 499:
+		e.Kind = KindClient
+	default:
+		// Redirects are not followed (a POST would lose its body and the
+		// token must not travel to another host): name where it pointed.
+		e.Kind = KindBadResponse
+		if loc := resp.Header.Get("Location"); loc != "" {
+			e.Messages = []string{"unexpected redirect to " + clip(loc)}
+		}
+	}
+	if msgs := errorMessages(body); len(msgs) > 0 {
+		e.Messages = msgs
+	}
+	if e.Kind == KindValidation {
+		for _, m := range e.Messages {
+			if strings.Contains(strings.ToLower(m), "has already been taken") {
+				e.Kind = KindDuplicate
+				break
+			}
+		}
+	}
+	return e
+}
+
+// errorBody covers both error shapes seen from Triage: JSON:API
+// (jsonapi-resources) errors and Doorkeeper's OAuth errors.
+type errorBody struct {
+	Errors           []ErrorObject `json:"errors"`
+	Error            string        `json:"error"`
+	ErrorDescription string        `json:"error_description"`
+}
+
+// ErrorObject is one JSON:API error object as jsonapi-resources writes it.
+type ErrorObject struct {
+	Title  string `json:"title"`
+	Detail string `json:"detail"`
+	Code   string `json:"code"`
+	Status string `json:"status"`
+	Source struct {
+		Pointer string `json:"pointer"`
+	} `json:"source"`
+}
+
+// Message is the object's text for a person: its detail ("threat_value -
+// can't be blank"), led by its title when the detail does not repeat it.
+func (o ErrorObject) Message() string {
+	switch {
+	case o.Detail == "":
+		return o.Title
+	case o.Title == "" || strings.Contains(o.Detail, o.Title):
+		return o.Detail
+	default:
+		return o.Title + ": " + o.Detail
+	}
+}
+
+func errorMessages(body []byte) []string {
+	var eb errorBody
+	if len(body) == 0 || json.Unmarshal(body, &eb) != nil {
+		return nil
+	}
+	var msgs []string
+	for _, o := range eb.Errors {
+		if len(msgs) == maxMessages {
+			msgs = append(msgs, fmt.Sprintf("and %d more", len(eb.Errors)-maxMessages))
+			break
+		}
+		if m := o.Message(); m != "" {
+			msgs = append(msgs, clip(m))
+		}
+	}
+	if len(msgs) == 0 && eb.Error != "" {
+		msgs = append(msgs, clip(joinNonEmpty(eb.Error, eb.ErrorDescription)))
+	}
+	return msgs
+}
+
+// bearerError reads the error and its description from a WWW-Authenticate
+// Bearer challenge, e.g. `Bearer realm="Doorkeeper", error="invalid_token",
+// error_description="The access token expired"`.
+func bearerError(h string) []string {
+	if h == "" {
+		return nil
+	}
+	params := map[string]string{}
+	for part := range strings.SplitSeq(strings.TrimSpace(strings.TrimPrefix(h, "Bearer")), ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if ok {
+			params[strings.ToLower(k)] = strings.Trim(v, `"`)
+		}
+	}
+	if m := joinNonEmpty(params["error"], params["error_description"]); m != "" {
+		return []string{clip(m)}
+	}
+	return nil
+}
+
+func joinNonEmpty(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + ": " + b
+}
+
+func clip(s string) string {
+	if len(s) <= maxMessageLen {
+		return s
+	}
+	// Cut on a rune boundary so the message stays valid UTF-8.
+	cut := maxMessageLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// parseRetryAfter reads Retry-After as delay-seconds or an HTTP date
+// (RFC 9110 10.2.3). Anything else, or a moment already past, is 0.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		const maxSecs = int64(1<<63-1) / int64(time.Second)
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, maxSecs)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d
+		}
+	}
+	return 0
+}

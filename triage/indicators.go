@@ -1,0 +1,280 @@
+package triage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Indicator is a Triage threat indicator.
+type Indicator struct {
+	ID           string
+	ThreatLevel  string // Malicious, Suspicious, Benign
+	ThreatType   string // Hostname, URL, MD5, SHA256, …
+	ThreatValue  string
+	ThreatSource string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// NewIndicator is what CreateIndicator sends. Triage validates it (level and
+// type from fixed lists, a value of at least 3 characters, one indicator per
+// type and value) and answers ErrValidation or ErrDuplicate.
+type NewIndicator struct {
+	ThreatLevel  string
+	ThreatType   string
+	ThreatValue  string
+	ThreatSource string
+}
+
+const indicatorsPath = "/threat_indicators"
+
+// MaxPageSize is the largest page Triage serves.
+const MaxPageSize = 200
+
+// CreateIndicator creates an indicator. An indicator of the same type and
+// value that exists already is ErrDuplicate: look it up with FindIndicator.
+//
+// A create that fails in transit is retried (under the client's policy), so
+// a create that did reach Triage may come back as ErrDuplicate.
+func (c *Client) CreateIndicator(ctx context.Context, in NewIndicator) (*Indicator, error) {
+	k, err := c.newCall(http.MethodPost, indicatorsPath, nil, requestDocument{Data: requestResource{
+		Type: ResourceType,
+		Attributes: requestAttributes{
+			ThreatLevel:  in.ThreatLevel,
+			ThreatType:   in.ThreatType,
+			ThreatValue:  in.ThreatValue,
+			ThreatSource: in.ThreatSource,
+		},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return c.indicator(ctx, k)
+}
+
+// UpdateIndicator sets an indicator's threat level and source, the two
+// attributes Triage lets an update change. An empty one is not sent, and
+// stays as it is.
+func (c *Client) UpdateIndicator(ctx context.Context, id, level, source string) (*Indicator, error) {
+	path, err := indicatorPath(id)
+	if err != nil {
+		return nil, err
+	}
+	k, err := c.newCall(http.MethodPut, path, nil, requestDocument{Data: requestResource{
+		ID:         id,
+		Type:       ResourceType,
+		Attributes: requestAttributes{ThreatLevel: level, ThreatSource: source},
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return c.indicator(ctx, k)
+}
+
+// GetIndicator reads one indicator by id; an unknown id is ErrNotFound.
+func (c *Client) GetIndicator(ctx context.Context, id string) (*Indicator, error) {
+	path, err := indicatorPath(id)
+	if err != nil {
+		return nil, err
+	}
+	k, err := c.newCall(http.MethodGet, path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.indicator(ctx, k)
+}
+
+func indicatorPath(id string) (string, error) {
+	if strings.TrimSpace(id) == "" {
+		return "", errors.New("triage: empty indicator id")
+	}
+	return indicatorsPath + "/" + url.PathEscape(id), nil
+}
+
+// indicator runs a call answered by one threat indicator document.
+func (c *Client) indicator(ctx context.Context, k call) (*Indicator, error) {
+	var doc Document
+	if err := c.do(ctx, k, &doc); err != nil {
+		return nil, err
+	}
+	in, err := doc.Data.Indicator()
+	if err != nil {
+		return nil, &Error{Kind: KindBadResponse, Method: k.method, Path: k.path, Err: err}
+	}
+	return in, nil
+}
+
+// FindIndicator returns the indicator of threatType (Triage's name: SHA256,
+// Hostname, …) and value, or an error matching ErrNotFound.
+//
+// Triage ORs the comma-separated parts of a filter value, so a value with a
+// comma cannot be filtered for exactly; it is then looked for among the
+// indicators whose value starts with its part before the first comma. In
+// every case only an exact match of both type and value is returned.
+func (c *Client) FindIndicator(ctx context.Context, threatType, value string) (*Indicator, error) {
+	if threatType == "" || value == "" {
+		return nil, errors.New("triage: find indicator: type and value are required")
+	}
+	opts := ListOptions{ThreatType: threatType, ThreatValue: value, PageSize: MaxPageSize}
+	if prefix, _, comma := strings.Cut(value, ","); comma {
+		opts.ThreatValue = ""
+		if prefix != "" {
+			opts.Filters = map[string]string{"threat_value_start": prefix}
+		}
+	}
+	for in, err := range c.ListIndicators(ctx, opts) {
+		if err != nil {
+			return nil, err
+		}
+		if in.ThreatType == threatType && in.ThreatValue == value {
+			return in, nil
+		}
+	}
+	return nil, &Error{Kind: KindNotFound, Method: http.MethodGet, Path: indicatorsPath,
+		Messages: []string{fmt.Sprintf("no %s indicator with value %q", threatType, value)}}
+}
+
+// ListOptions select and order the indicators ListIndicators returns. Empty
+// fields select everything.
+type ListOptions struct {
+	// Exact matches (filter[threat_type] and so on).
+	ThreatType   string
+	ThreatValue  string
+	ThreatLevel  string
+	ThreatSource string
+	// UpdatedAfter keeps indicators updated strictly after it
+	// (filter[updated_at_gt]).
+	UpdatedAfter time.Time
+	// Filters are further filter[NAME] parameters, such as
+	// "threat_value_start" or "updated_at_lteq".
+	Filters map[string]string
+	// Sort is Triage's sort parameter: "updated_at", "-updated_at", "id", …
+	Sort string
+	// PageSize is how many indicators a page holds, 1 to MaxPageSize
+	// (default MaxPageSize).
+	PageSize int
+}
+
+func (o ListOptions) query() (url.Values, error) {
+	size := o.PageSize
+	if size == 0 {
+		size = MaxPageSize
+	}
+	if size < 1 || size > MaxPageSize {
+		return nil, fmt.Errorf("triage: list indicators: page size %d outside 1..%d", o.PageSize, MaxPageSize)
+	}
+	q := url.Values{}
+	set := func(name, v string) {
+		if v != "" {
+			q.Set("filter["+name+"]", v)
+		}
+	}
+	set("threat_type", o.ThreatType)
+	set("threat_value", o.ThreatValue)
+	set("threat_level", o.ThreatLevel)
+	set("threat_source", o.ThreatSource)
+	if !o.UpdatedAfter.IsZero() {
+		set("updated_at_gt", o.UpdatedAfter.UTC().Format(TimeFormat))
+	}
+	for name, v := range o.Filters {
+		set(name, v)
+	}
+	if o.Sort != "" {
+		q.Set("sort", o.Sort)
+	}
+	q.Set("page[number]", "1")
+	q.Set("page[size]", strconv.Itoa(size))
+	return q, nil
+}
+
+// TimeFormat is how Triage writes timestamps: UTC with milliseconds.
+const TimeFormat = "2006-01-02T15:04:05.000Z"
+
+// ListIndicators yields the indicators opts select, page by page, following
+// the links.next of each page until a page has none. Each page is one call
+// under the retry policy. A failure is yielded once, with a nil indicator,
+// and ends the sequence. A next link to another host than the base URL is
+// not followed (it would carry the token there): it ends the sequence with
+// a KindBadResponse error.
+func (c *Client) ListIndicators(ctx context.Context, opts ListOptions) iter.Seq2[*Indicator, error] {
+	return func(yield func(*Indicator, error) bool) {
+		q, err := opts.query()
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		k, err := c.newCall(http.MethodGet, indicatorsPath, q, nil)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		for {
+			var page ListDocument
+			if err := c.do(ctx, k, &page); err != nil {
+				yield(nil, err)
+				return
+			}
+			for _, r := range page.Data {
+				in, err := r.Indicator()
+				if err != nil {
+					yield(nil, &Error{Kind: KindBadResponse, Method: k.method, Path: k.path, Err: err})
+					return
+				}
+				if !yield(in, nil) {
+					return
+				}
+			}
+			if page.Links.Next == "" || len(page.Data) == 0 {
+				return
+			}
+			next, err := c.nextCall(k, page.Links.Next)
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			k = next
+		}
+	}
+}
+
+// nextCall checks a links.next before the token goes there: same scheme and
+// host as the base URL, under the API path, and not the page just read.
+func (c *Client) nextCall(cur call, link string) (call, error) {
+	bad := func(why string) (call, error) {
+		return call{}, &Error{Kind: KindBadResponse, Method: cur.method, Path: cur.path,
+			Messages: []string{"links.next " + why}}
+	}
+	u, err := c.base.Parse(link)
+	if err != nil {
+		return bad("does not parse")
+	}
+	if u.Scheme != c.base.Scheme || u.Host != c.base.Host {
+		return bad("points to another host: not followed")
+	}
+	prefix := c.base.Path + APIPath
+	if !strings.HasPrefix(u.Path, prefix+"/") {
+		return bad("points outside the API: not followed")
+	}
+	u.Fragment = ""
+	if u.String() == cur.url {
+		return bad("repeats the page just read")
+	}
+	return call{method: http.MethodGet, url: u.String(), path: strings.TrimPrefix(u.Path, prefix)}, nil
+}
+
+// Ping checks that Triage answers and accepts the credentials
+// (GET /system/status, which needs a token).
+func (c *Client) Ping(ctx context.Context) error {
+	k, err := c.newCall(http.MethodGet, "/system/status", nil, nil)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, k, nil)
+}
