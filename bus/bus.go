@@ -1,0 +1,300 @@
+// Package bus is tqtriage's NATS JetStream wiring, in one place: the
+// connection, the streams and durable consumers every process relies on
+// (created or updated at start, so a fresh server is enough), publishing
+// with acknowledgement, the pool that consumes a durable consumer, the
+// per-run admission claims that make the objects-per-run cap exact, the run
+// registry, and dead letters.
+//
+// It knows the subjects and stream layout of DESIGN.md but nothing of Triage
+// or ThreatQ; the worker and write-back only see the narrow methods below.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/tqtriage/tqtriage/message"
+)
+
+// Stream, consumer and bucket names.
+const (
+	StreamJobs    = "TQTRIAGE_JOBS"
+	StreamResults = "TQTRIAGE_RESULTS"
+	StreamDLQ     = "TQTRIAGE_DLQ"
+	StreamClaims  = "TQTRIAGE_CLAIMS"
+	BucketRuns    = "TQTRIAGE_RUNS"
+
+	ConsumerWorkers   = "tqtriage-workers"
+	ConsumerWriteback = "tqtriage-writeback"
+
+	claimsPrefix = "tqtriage.claims."
+)
+
+// Config says where NATS is and how the topology is shaped. The zero value
+// of every duration and count takes the default noted beside it.
+type Config struct {
+	URL      string // default nats://127.0.0.1:4222
+	Name     string // connection name shown by the server
+	Creds    string // NATS_CREDS: a .creds file
+	TLSCA    string // NATS_TLS_CA
+	TLSCert  string // NATS_TLS_CERT
+	TLSKey   string // NATS_TLS_KEY
+	Replicas int    // stream replication factor (default 1; 3 on a three-node cluster)
+
+	// InProcess, when set, connects to this embedded server without TCP.
+	InProcess nats.InProcessConnProvider
+
+	// DuplicateWindow of the jobs and results streams (default 10m): a job
+	// re-published, or a result repeated by a redelivery, within it is
+	// dropped by its Nats-Msg-Id.
+	DuplicateWindow time.Duration
+	ResultsMaxAge   time.Duration // default 7 days: how long status can report a run
+	DLQMaxAge       time.Duration // default 30 days
+	ClaimsMaxAge    time.Duration // default 7 days: a run's cap is kept this long
+
+	// AckWait of the durable consumers (default 30s). Workers extend it
+	// with InProgress while a job waits on retries.
+	AckWait time.Duration
+	// MaxAckPending of the workers' consumer, shared by every replica
+	// (default 20000): it must exceed the fleet's total concurrency.
+	MaxAckPending int
+}
+
+func (c Config) withDefaults() Config {
+	if c.URL == "" {
+		c.URL = nats.DefaultURL
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.DuplicateWindow, 10*time.Minute)
+	def(&c.ResultsMaxAge, 7*24*time.Hour)
+	def(&c.DLQMaxAge, 30*24*time.Hour)
+	def(&c.ClaimsMaxAge, 7*24*time.Hour)
+	def(&c.AckWait, 30*time.Second)
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 20000
+	}
+	return c
+}
+
+// Bus is a connection with the topology in place.
+type Bus struct {
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	log zerolog.Logger
+
+	jobs, results, dlq, claims jetstream.Stream
+	runs                       jetstream.KeyValue
+}
+
+// Connect connects to NATS, reconnecting for ever on a lost connection, and
+// creates or updates the streams, consumers and bucket.
+func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) {
+	cfg = cfg.withDefaults()
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn().Err(err).Msg("NATS connection lost; reconnecting")
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info().Str("server", c.ConnectedUrlRedacted()).Msg("NATS reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			ev := log.Warn().Err(err)
+			if s != nil {
+				ev = ev.Str("subject", s.Subject)
+			}
+			ev.Msg("NATS asynchronous error")
+		}),
+	}
+	if cfg.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(cfg.InProcess))
+	}
+	if cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	}
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	}
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		if cfg.TLSCert == "" || cfg.TLSKey == "" {
+			return nil, errors.New("NATS TLS: set both NATS_TLS_CERT and NATS_TLS_KEY")
+		}
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	}
+	url := cfg.URL
+	if cfg.InProcess != nil {
+		url = ""
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redact(cfg.URL), err)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(4096),
+		jetstream.WithPublishAsyncTimeout(30*time.Second),
+	)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("JetStream: %w", err)
+	}
+	b := &Bus{cfg: cfg, nc: nc, js: js, log: log}
+	if err := b.ensureTopology(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// redact hides user information in a NATS URL (or a comma-separated list).
+func redact(u string) string {
+	parts := strings.Split(u, ",")
+	for i, p := range parts {
+		if at, scheme := strings.LastIndexByte(p, '@'), strings.Index(p, "://"); at > 0 && scheme >= 0 && at > scheme {
+			parts[i] = p[:scheme+3] + "***" + p[at:]
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+func (b *Bus) ensureTopology(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c := b.cfg
+	var err error
+	if b.jobs, err = b.stream(ctx, jetstream.StreamConfig{
+		Name:        StreamJobs,
+		Description: "tqtriage jobs: one message per indicator of a run",
+		Subjects:    []string{message.JobsWildcard},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+	}); err != nil {
+		return err
+	}
+	if b.results, err = b.stream(ctx, jetstream.StreamConfig{
+		Name:        StreamResults,
+		Description: "tqtriage results: exactly one per job, read by write-back and status",
+		Subjects:    []string{message.ResultsWildcard},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		MaxAge:      c.ResultsMaxAge,
+		Duplicates:  c.DuplicateWindow,
+		AllowDirect: true,
+	}); err != nil {
+		return err
+	}
+	if b.dlq, err = b.stream(ctx, jetstream.StreamConfig{
+		Name:        StreamDLQ,
+		Description: "tqtriage dead letters: failed jobs, unparseable messages, write-backs that could not be done",
+		Subjects:    []string{message.DLQWildcard},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		MaxAge:      c.DLQMaxAge,
+		Duplicates:  2 * time.Minute,
+	}); err != nil {
+		return err
+	}
+	if b.claims, err = b.stream(ctx, jetstream.StreamConfig{
+		Name:               StreamClaims,
+		Description:        "tqtriage objects-per-run admissions: a count per run and a claim per distinct indicator",
+		Subjects:           []string{claimsPrefix + ">"},
+		Retention:          jetstream.LimitsPolicy,
+		Storage:            jetstream.FileStorage,
+		Replicas:           c.Replicas,
+		MaxAge:             c.ClaimsMaxAge,
+		MaxMsgsPerSubject:  1,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+	}); err != nil {
+		return err
+	}
+	if b.runs, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketRuns,
+		Description: "tqtriage runs: id, action, source, total, start",
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		TTL:         c.ResultsMaxAge,
+	}); err != nil {
+		return fmt.Errorf("create bucket %s: %w", BucketRuns, err)
+	}
+	if _, err = b.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerWorkers,
+		Description:   "tqtriage worker replicas share it",
+		FilterSubject: message.JobsWildcard,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       c.AckWait,
+		// The worker counts deliveries itself and dead-letters a job
+		// at its limit; a server-side MaxDeliver would leave the job
+		// stuck in the work queue, silently.
+		MaxDeliver:    -1,
+		MaxAckPending: c.MaxAckPending,
+	}); err != nil {
+		return fmt.Errorf("create consumer %s: %w", ConsumerWorkers, err)
+	}
+	if _, err = b.results.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerWriteback,
+		Description:   "tqtriage write-back replicas share it",
+		FilterSubject: message.ResultsWildcard,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: c.MaxAckPending,
+	}); err != nil {
+		return fmt.Errorf("create consumer %s: %w", ConsumerWriteback, err)
+	}
+	return nil
+}
+
+func (b *Bus) stream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := b.js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
+
+// Conn is the underlying connection, for health checks.
+func (b *Bus) Conn() *nats.Conn { return b.nc }
+
+// JetStream is the JetStream context, for what this package does not wrap.
+func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+
+// Close waits for pending asynchronous publishes (up to 10s) and closes
+// the connection.
+func (b *Bus) Close() {
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		b.log.Warn().Int("pending", b.js.PublishAsyncPending()).Msg("closing with publishes still unacknowledged")
+	}
+	if err := b.nc.Drain(); err != nil {
+		b.nc.Close()
+	}
+	// Drain is asynchronous; wait a bounded time for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for !b.nc.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,123 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rs/zerolog"
+)
+
+func startServer(t testing.TB) *server.Server {
+	t.Helper()
+	s, err := StartEmbedded(EmbeddedOptions{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+func connect(t testing.TB, s *server.Server) *Bus {
+	t.Helper()
+	b, err := Connect(context.Background(), Config{URL: s.ClientURL()}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func TestTopologyIsIdempotent(t *testing.T) {
+	s := startServer(t)
+	connect(t, s)
+	b := connect(t, s) // a second process creating the same topology
+	info, err := b.ConsumerInfo(context.Background(), ConsumerWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxDeliver != -1 || info.Config.AckWait != 30*time.Second {
+		t.Fatalf("workers consumer config = %+v", info.Config)
+	}
+}
+
+// TestClaimIsExactAcrossProcesses has four connections (as four replicas)
+// claim 300 distinct indicators of one run, each indicator several times
+// (redeliveries), against a cap of 100: exactly 100 distinct are admitted,
+// and every repeat of an admitted one is admitted again.
+func TestClaimIsExactAcrossProcesses(t *testing.T) {
+	s := startServer(t)
+	const replicas, distinct, repeats, limit = 4, 300, 3, 100
+	buses := make([]*Bus, replicas)
+	for i := range buses {
+		buses[i] = connect(t, s)
+	}
+	var admittedKeys sync.Map
+	var admitted, skipped atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, replicas*distinct*repeats)
+	for r := 0; r < replicas; r++ {
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func(b *Bus, offset int) {
+				defer wg.Done()
+				for i := 0; i < distinct*repeats; i++ {
+					if (i+offset)%(replicas*4) != 0 {
+						continue
+					}
+					key := ClaimKey("MD5", fmt.Sprintf("value-%d", i%distinct))
+					a, err := b.Claim(context.Background(), "run-exact", key, limit)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if a.Admitted {
+						admitted.Add(1)
+						if prev, loaded := admittedKeys.LoadOrStore(key, a.Slot); loaded && prev.(int) != a.Slot {
+							errs <- fmt.Errorf("key %s admitted in slots %d and %d", key, prev, a.Slot)
+						}
+					} else {
+						skipped.Add(1)
+						if _, ok := admittedKeys.Load(key); ok {
+							errs <- fmt.Errorf("key %s admitted once, then skipped", key)
+						}
+					}
+				}
+			}(buses[r], r*4+g)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	n := 0
+	slots := map[int]bool{}
+	admittedKeys.Range(func(_, v any) bool { n++; slots[v.(int)] = true; return true })
+	if n != limit || len(slots) != limit {
+		t.Fatalf("%d distinct indicators admitted in %d slots; want exactly %d", n, len(slots), limit)
+	}
+	if admitted.Load()+skipped.Load() != distinct*repeats {
+		t.Fatalf("%d claims answered; want %d", admitted.Load()+skipped.Load(), distinct*repeats)
+	}
+}
+
+func TestClaimRunsAreIndependent(t *testing.T) {
+	b := connect(t, startServer(t))
+	ctx := context.Background()
+	for _, run := range []string{"run-a", "run-b"} {
+		for i := 0; i < 3; i++ {
+			a, err := b.Claim(ctx, run, ClaimKey("URL", fmt.Sprint(i)), 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := i < 2; a.Admitted != want {
+				t.Fatalf("%s claim %d admitted=%v; want %v", run, i, a.Admitted, want)
+			}
+		}
+	}
+}

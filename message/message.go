@@ -1,0 +1,240 @@
+// Package message holds tqtriage's wire contracts, version 1, as DESIGN.md
+// fixes them: the subjects, the job a publisher sends, the result a worker
+// answers and the statuses a result can have. Operators and other programs
+// depend on these shapes; change them only with a new version.
+//
+// The package parses and checks; it does no I/O.
+package message
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Version is the contract version written in every job and result.
+const Version = 1
+
+// Subjects and the prefixes of the per-action and per-run ones.
+const (
+	JobsPrefix    = "tqtriage.jobs."    // + action
+	ResultsPrefix = "tqtriage.results." // + run id
+	DLQPrefix     = "tqtriage.dlq."     // + action, "invalid" or "writeback"
+
+	JobsWildcard    = JobsPrefix + ">"
+	ResultsWildcard = ResultsPrefix + ">"
+	DLQWildcard     = DLQPrefix + ">"
+
+	DLQInvalid   = DLQPrefix + "invalid"
+	DLQWriteback = DLQPrefix + "writeback"
+)
+
+// Actions.
+const (
+	ActionCreate = "create"
+	ActionUpdate = "update"
+)
+
+// Status is what became of one job.
+type Status string
+
+// The statuses of DESIGN.md, and nothing else.
+const (
+	StatusCreated  Status = "created"   // Triage created the indicator
+	StatusExists   Status = "exists"    // create found it already in Triage
+	StatusUpdated  Status = "updated"   // update set level and source
+	StatusNotFound Status = "not_found" // update found nothing (and no upsert)
+	StatusInvalid  Status = "invalid"   // unsupported type or bad value: never sent
+	StatusSkipped  Status = "skipped"   // over the run's objects-per-run cap
+	StatusFailed   Status = "failed"    // retries could not fix it; dead-lettered
+)
+
+// Statuses lists every status in the order a summary prints them.
+var Statuses = []Status{StatusCreated, StatusExists, StatusUpdated, StatusNotFound, StatusInvalid, StatusSkipped, StatusFailed}
+
+// Valid reports whether s is one of Statuses.
+func (s Status) Valid() bool {
+	for _, v := range Statuses {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Indicator is a ThreatQ indicator as a job carries it.
+type Indicator struct {
+	ID    int64  `json:"id"`
+	Type  string `json:"type"`
+	Value string `json:"value"`
+}
+
+// Job asks a worker to create or update one indicator in Triage. Seq,
+// ThreatLevel, ThreatSource, Upsert and ReplyTo are optional: empty ones
+// take the worker's configuration.
+type Job struct {
+	V            int       `json:"v"`
+	RunID        string    `json:"run_id"`
+	Action       string    `json:"action"`
+	Seq          int64     `json:"seq,omitempty"`
+	Indicator    Indicator `json:"indicator"`
+	ThreatLevel  string    `json:"threat_level,omitempty"`
+	ThreatSource string    `json:"threat_source,omitempty"`
+	Upsert       bool      `json:"upsert,omitempty"`
+	ReplyTo      string    `json:"reply_to,omitempty"`
+}
+
+// TriageIndicator is Triage's view of an indicator, as a result carries it.
+type TriageIndicator struct {
+	ID           string `json:"id"`
+	ThreatLevel  string `json:"threat_level"`
+	ThreatType   string `json:"threat_type"`
+	ThreatValue  string `json:"threat_value"`
+	ThreatSource string `json:"threat_source"`
+	CreatedAt    string `json:"created_at,omitempty"`
+	UpdatedAt    string `json:"updated_at,omitempty"`
+}
+
+// Attribute is a name/value to write onto the ThreatQ indicator.
+type Attribute struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Result is the one answer to one job.
+type Result struct {
+	V          int              `json:"v"`
+	RunID      string           `json:"run_id"`
+	Action     string           `json:"action"`
+	Seq        int64            `json:"seq,omitempty"`
+	Indicator  Indicator        `json:"indicator"`
+	Status     Status           `json:"status"`
+	Reason     string           `json:"reason"`
+	Triage     *TriageIndicator `json:"triage,omitempty"`
+	Attributes []Attribute      `json:"attributes,omitempty"`
+	Attempts   int              `json:"attempts"`
+}
+
+// JobSubject is the subject a job of action is published on.
+func JobSubject(action string) string { return JobsPrefix + action }
+
+// ResultSubject is the default reply subject of a run.
+func ResultSubject(runID string) string { return ResultsPrefix + runID }
+
+// DLQSubject is the dead-letter subject of a job's action.
+func DLQSubject(action string) string { return DLQPrefix + action }
+
+// MsgID is the Nats-Msg-Id of a job and of its result: a re-published job
+// or a repeated result within the stream's duplicate window is dropped.
+func MsgID(runID, action string, indicatorID int64) string {
+	return runID + "/" + action + "/" + strconv.FormatInt(indicatorID, 10)
+}
+
+// ValidRunID reports whether id can be a run id: one subject token of
+// letters, digits, '-' and '_', at most 64 long, so that
+// tqtriage.results.<run_id> is a plain subject.
+func ValidRunID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseError says why a job cannot be worked on at all. Such a job goes to
+// tqtriage.dlq.invalid with its raw bytes and this reason.
+type ParseError struct{ Reason string }
+
+func (e *ParseError) Error() string { return "unparseable job: " + e.Reason }
+
+func parseErr(format string, args ...any) error {
+	return &ParseError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// ParseJob decodes and checks a job that arrived on subject. It is strict
+// about what the worker needs to answer (version, run id, action matching
+// the subject, an indicator id) and leaves the indicator's type and value to
+// the mapping rules, which answer a bad one with an invalid result rather
+// than a dead letter. Fields it does not know are ignored, so that a later
+// minor addition does not dead-letter every job.
+func ParseJob(subject string, data []byte) (Job, error) {
+	var j Job
+	if len(bytes.TrimSpace(data)) == 0 {
+		return j, parseErr("empty message")
+	}
+	if err := json.Unmarshal(data, &j); err != nil {
+		var se *json.SyntaxError
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &se):
+			return j, parseErr("not JSON: %v (at byte %d)", se, se.Offset)
+		case errors.As(err, &te):
+			return j, parseErr("field %q: want a %s, got a JSON %s", te.Field, te.Type, te.Value)
+		default:
+			return j, parseErr("not a job: %v", err)
+		}
+	}
+	if j.V != Version {
+		return j, parseErr("version %d; this worker reads version %d", j.V, Version)
+	}
+	if !ValidRunID(j.RunID) {
+		return j, parseErr("run_id %q: want 1 to 64 letters, digits, '-' or '_'", j.RunID)
+	}
+	if j.Action != ActionCreate && j.Action != ActionUpdate {
+		return j, parseErr("action %q: want create or update", j.Action)
+	}
+	if subject != "" && subject != JobSubject(j.Action) {
+		return j, parseErr("action %q arrived on %s", j.Action, subject)
+	}
+	if j.Indicator.ID <= 0 {
+		return j, parseErr("indicator.id is missing or not positive")
+	}
+	if j.Seq < 0 {
+		return j, parseErr("seq %d is negative", j.Seq)
+	}
+	if j.ReplyTo == "" {
+		j.ReplyTo = ResultSubject(j.RunID)
+	} else if !strings.HasPrefix(j.ReplyTo, ResultsPrefix) || strings.ContainsAny(j.ReplyTo, " \t*>") {
+		// Results are only stored under tqtriage.results.>; a reply
+		// anywhere else would be a result nobody keeps.
+		return j, parseErr("reply_to %q is not under %s", j.ReplyTo, ResultsPrefix)
+	}
+	return j, nil
+}
+
+// ParseResult decodes a result and checks its version and status.
+func ParseResult(data []byte) (Result, error) {
+	var r Result
+	if err := json.Unmarshal(data, &r); err != nil {
+		return r, fmt.Errorf("result: %w", err)
+	}
+	if r.V != Version {
+		return r, fmt.Errorf("result: version %d; this reader knows %d", r.V, Version)
+	}
+	if !r.Status.Valid() {
+		return r, fmt.Errorf("result: unknown status %q", r.Status)
+	}
+	return r, nil
+}
+
+// NewResult starts the result of job j.
+func NewResult(j Job, status Status, reason string) Result {
+	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: j.Indicator, Status: status, Reason: reason}
+}
+
+// Header names tqtriage sets on dead letters.
+const (
+	HeaderReason     = "Tqtriage-Reason"     // why the message was dead-lettered
+	HeaderSubject    = "Tqtriage-Subject"    // the subject it arrived on
+	HeaderRunID      = "Tqtriage-Run"        // the run, when known
+	HeaderDeliveries = "Tqtriage-Deliveries" // how often it was delivered
+	HeaderMsgID      = "Tqtriage-Msg-Id"     // the original message's Nats-Msg-Id
+)
