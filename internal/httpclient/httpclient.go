@@ -29,6 +29,9 @@ type Options struct {
 	// MaxConnsPerHost keeps this many idle connections to one host, so that
 	// a worker's concurrency does not reconnect on every request (default 256).
 	MaxConnsPerHost int
+	// Wrap, when set, wraps the transport of New's client: a request rate
+	// limit, metrics. It sees every request, retries included.
+	Wrap func(http.RoundTripper) http.RoundTripper
 }
 
 // NewTransport returns a transport configured by o.
@@ -76,7 +79,11 @@ func New(o Options) (*http.Client, error) {
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	return &http.Client{Transport: t, Timeout: timeout}, nil
+	var rt http.RoundTripper = t
+	if o.Wrap != nil {
+		rt = o.Wrap(t)
+	}
+	return &http.Client{Transport: rt, Timeout: timeout}, nil
 }
 
 // ErrBodyTooLarge is returned by ReadBody when a body exceeds its limit.
