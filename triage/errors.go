@@ -1,6 +1,8 @@
 package triage
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,10 +131,24 @@ func (e *Error) Is(target error) bool {
 // Retryable tells internal/retry whether the same request may succeed later.
 func (e *Error) Retryable() bool {
 	switch e.Kind {
-	case KindRateLimited, KindServer, KindTransport:
+	case KindRateLimited, KindServer:
 		return true
+	case KindTransport:
+		return !untrusted(e.Err)
 	}
 	return false
+}
+
+// untrusted reports a certificate that failed verification: a transport
+// failure that no retry fixes.
+func untrusted(err error) bool {
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+	)
+	return errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid)
 }
 
 // RetryAfter is the server's requested delay (0 when none), read by
