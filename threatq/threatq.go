@@ -295,7 +295,12 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(b, out); err != nil {
+	if d, ok := out.(interface{ decodeRaw([]byte) error }); ok {
+		err = d.decodeRaw(b)
+	} else {
+		err = json.Unmarshal(b, out)
+	}
+	if err != nil {
 		return &Error{StatusCode: resp.StatusCode, Method: method, Path: path, Err: &decodeError{err}}
 	}
 	return nil

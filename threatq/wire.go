@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unicode/utf8"
 )
 
 // This file holds the documents ThreatQ sends, as this client reads them.
@@ -32,21 +33,25 @@ type Indicator struct {
 // UnmarshalJSON implements json.Unmarshaler with the tolerance described on
 // Indicator.
 func (in *Indicator) UnmarshalJSON(b []byte) error {
-	var w struct {
-		ID    flexInt     `json:"id"`
-		Type  flexName    `json:"type"`
-		Value *flexString `json:"value"`
-	}
+	var w wireIndicator
 	if err := json.Unmarshal(b, &w); err != nil {
 		return fmt.Errorf("indicator: %w", err)
 	}
-	in.ID = int64(w.ID)
-	in.Type = string(w.Type)
-	in.Value = ""
-	if w.Value != nil {
-		in.Value = string(*w.Value)
-	}
+	*in = w.indicator()
 	return nil
+}
+
+// wireIndicator decodes an indicator with custom decoding on its leaf
+// fields only: a custom decoder on the whole object would make
+// encoding/json scan every indicator of a page twice more.
+type wireIndicator struct {
+	ID    flexInt    `json:"id"`
+	Type  flexName   `json:"type"`
+	Value flexString `json:"value"`
+}
+
+func (w wireIndicator) indicator() Indicator {
+	return Indicator{ID: int64(w.ID), Type: string(w.Type), Value: string(w.Value)}
 }
 
 // CollectionPage is one page of GET /api/indicators/query/hash/{hash}:
@@ -60,19 +65,41 @@ type CollectionPage struct {
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
-func (p *CollectionPage) UnmarshalJSON(b []byte) error {
+func (p *CollectionPage) UnmarshalJSON(b []byte) error { return p.decodeRaw(b) }
+
+// decodeRaw decodes a page in one pass in the common case (data is an
+// array); the client calls it directly rather than through json.Unmarshal,
+// which would scan the page once more to find its end.
+func (p *CollectionPage) decodeRaw(b []byte) error {
 	var w struct {
-		Total          flexInt `json:"total"`
-		Data           rawList `json:"data"`
-		NextCursorMark string  `json:"nextCursorMark"`
-		Limit          flexInt `json:"limit"`
+		Total          flexInt         `json:"total"`
+		Data           []wireIndicator `json:"data"`
+		NextCursorMark string          `json:"nextCursorMark"`
+		Limit          flexInt         `json:"limit"`
 	}
-	if err := json.Unmarshal(b, &w); err != nil {
+	err := json.Unmarshal(b, &w)
+	var data []Indicator
+	var te *json.UnmarshalTypeError
+	switch {
+	case err == nil:
+		data = make([]Indicator, len(w.Data))
+		for i, x := range w.Data {
+			data[i] = x.indicator()
+		}
+	case errors.As(err, &te) && te.Field == "data":
+		// Not an array: the last page's "data": {} (decoded again, as the
+		// first try left it out; the page is tiny).
+		var again struct {
+			Data rawList `json:"data"`
+		}
+		if err := json.Unmarshal(b, &again); err != nil {
+			return fmt.Errorf("collection page: %w", err)
+		}
+		if _, err := decodeList[wireIndicator](again.Data); err != nil {
+			return fmt.Errorf("collection page data: %w", err)
+		}
+	default:
 		return fmt.Errorf("collection page: %w", err)
-	}
-	data, err := decodeList[Indicator](w.Data)
-	if err != nil {
-		return fmt.Errorf("collection page data: %w", err)
 	}
 	*p = CollectionPage{Total: int64(w.Total), Data: data, NextCursorMark: w.NextCursorMark, Limit: int64(w.Limit)}
 	return nil
@@ -251,6 +278,13 @@ func (s *flexString) UnmarshalJSON(b []byte) error {
 	}
 	if b[0] != '"' {
 		return fmt.Errorf("a JSON %s where a string was expected", kind(b[0]))
+	}
+	// The decoder calling us has checked the document: a string without
+	// escapes is its bytes between the quotes (if they are valid UTF-8,
+	// which encoding/json would otherwise mend).
+	if inner := b[1 : len(b)-1]; len(b) >= 2 && bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
+		*s = flexString(inner)
+		return nil
 	}
 	var str string
 	if err := json.Unmarshal(b, &str); err != nil {
