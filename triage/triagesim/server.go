@@ -27,7 +27,6 @@
 package triagesim
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -378,102 +377,18 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, st *settings) 
 	return body, true
 }
 
-// inputDocument is a create or update request, decoded loosely so that
-// every deviation gets the error jsonapi-resources would give it.
-type inputDocument struct {
-	Data json.RawMessage `json:"data"`
-}
-
-// parseResource reads data of a create (wantID "") or update (wantID the
-// URL's id) into attribute values, allowing only the attributes named.
-// A nil value means the attribute was absent or null.
-func parseResource(body []byte, wantID string, allowed []string) (map[string]*string, *errorObject) {
-	bad := func(code, title, detail string) *errorObject {
-		e := newError(http.StatusBadRequest, code, title, detail)
-		return &e
-	}
-	var doc inputDocument
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, bad("400", "Bad request", "The request body is not valid JSON.")
-	}
-	if len(doc.Data) == 0 || string(doc.Data) == "null" {
-		return nil, bad("106", "Missing Parameter", "The required parameter, data, is missing.")
-	}
-	var data map[string]json.RawMessage
-	if err := json.Unmarshal(doc.Data, &data); err != nil {
-		return nil, bad("106", "Missing Parameter", "The required parameter, data, is missing.")
-	}
-	var typ string
-	if json.Unmarshal(data["type"], &typ) != nil || typ == "" {
-		return nil, bad("106", "Missing Parameter", "The required parameter, type, is missing.")
-	}
-	if typ != resourceType {
-		return nil, bad("101", "Invalid resource", typ+" is not a valid resource.")
-	}
-	rawID, hasID := data["id"]
-	switch {
-	case wantID == "" && hasID:
-		return nil, bad("105", "Param not allowed", "id is not allowed.")
-	case wantID != "":
-		var id string
-		if !hasID || json.Unmarshal(rawID, &id) != nil || id == "" {
-			return nil, bad("106", "Missing Parameter", "The required parameter, id, is missing.")
-		}
-		if id != wantID {
-			return nil, bad("113", "Key is not included in URL", "The URL does not support the key "+id)
-		}
-	}
-	for k := range data {
-		if k != "type" && k != "id" && k != "attributes" {
-			return nil, bad("105", "Param not allowed", k+" is not allowed.")
-		}
-	}
-	var attrs map[string]json.RawMessage
-	if raw, ok := data["attributes"]; ok && json.Unmarshal(raw, &attrs) != nil {
-		return nil, bad("103", "Invalid field value", "attributes must be an object.")
-	}
-	out := make(map[string]*string, len(attrs))
-	for name, raw := range attrs {
-		ok := false
-		for _, a := range allowed {
-			ok = ok || a == name
-		}
-		if !ok {
-			return nil, bad("105", "Param not allowed", name+" is not allowed.")
-		}
-		if string(raw) == "null" {
-			out[name] = nil
-			continue
-		}
-		var v string
-		if json.Unmarshal(raw, &v) != nil {
-			return nil, bad("103", "Invalid field value", string(raw)+" is not a valid value for "+name+".")
-		}
-		out[name] = &v
-	}
-	return out, nil
-}
-
-func deref(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
-}
-
 func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, st *settings) {
 	body, ok := s.readBody(w, r, st)
 	if !ok {
 		return
 	}
-	attrs, perr := parseResource(body, "", []string{"threat_level", "threat_type", "threat_value", "threat_source"})
+	attrs, perr := parseResource(body, "")
 	if perr != nil {
 		s.badRequest(w, http.StatusBadRequest, *perr)
 		return
 	}
 	in, errs := s.store.create(Indicator{
-		ThreatLevel: deref(attrs["threat_level"]), ThreatType: deref(attrs["threat_type"]),
-		ThreatValue: deref(attrs["threat_value"]), ThreatSource: deref(attrs["threat_source"]),
+		ThreatLevel: attrs.level.val, ThreatType: attrs.typ.val, ThreatValue: attrs.value.val, ThreatSource: attrs.source.val,
 	}, s.now().UTC())
 	if len(errs) > 0 {
 		s.unprocessable(w, errs)
@@ -488,7 +403,10 @@ func (s *Server) serveUpdate(w http.ResponseWriter, r *http.Request, st *setting
 	if !ok {
 		return
 	}
-	attrs, perr := parseResource(body, id, []string{"threat_level", "threat_source"})
+	attrs, perr := parseResource(body, id)
+	if perr == nil {
+		perr = attrs.onlyUpdatable()
+	}
 	if perr != nil {
 		s.badRequest(w, http.StatusBadRequest, *perr)
 		return
@@ -498,11 +416,8 @@ func (s *Server) serveUpdate(w http.ResponseWriter, r *http.Request, st *setting
 		s.recordNotFound(w, id)
 		return
 	}
-	level, hasLevel := attrs["threat_level"]
-	if hasLevel && level == nil {
-		level = new(string) // null: blank, which validation refuses
-	}
-	in, found, errs := s.store.update(n, level, attrs["threat_source"], s.now().UTC().Truncate(time.Millisecond))
+	// A null level is a blank one, which validation refuses.
+	in, found, errs := s.store.update(n, attrs.level.ptr(), attrs.source.ptr(), s.now().UTC().Truncate(time.Millisecond))
 	switch {
 	case !found:
 		s.recordNotFound(w, id)
