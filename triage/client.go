@@ -260,7 +260,7 @@ func (c *Client) tokenFailure(err error) error {
 		return &Error{Kind: KindTransport, Method: http.MethodPost, Path: TokenPath, Err: err}
 	}
 	e := tokenError(err, TokenPath)
-	c.scrub(e)
+	c.scrub(e, "")
 	return e
 }
 
@@ -273,13 +273,13 @@ func (c *Client) send(ctx context.Context, k call, token string, out any) error 
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		e := &Error{Kind: KindTransport, Method: k.method, Path: k.path, Err: err}
-		c.scrub(e)
+		c.scrub(e, token)
 		return e
 	}
 	body, readErr := httpclient.ReadBody(resp.Body, c.maxBody)
 	httpclient.Drain(resp.Body)
 	if err := CheckResponse(resp, body, k.method, k.path); err != nil {
-		c.scrub(err.(*Error))
+		c.scrub(err.(*Error), token)
 		return err
 	}
 	if readErr != nil {
@@ -299,10 +299,11 @@ func (c *Client) send(ctx context.Context, k call, token string, out any) error 
 	return nil
 }
 
-// scrub removes the client secret and the access token from what e says, in
-// case a server or proxy echoed them.
-func (c *Client) scrub(e *Error) {
-	secrets := []string{c.secret, c.tokens.current()}
+// scrub removes the client secret and the access tokens (the one a request
+// carried, the one cached now) from what e says, in case a server or proxy
+// echoed them.
+func (c *Client) scrub(e *Error, sent string) {
+	secrets := []string{c.secret, sent, c.tokens.current()}
 	for i, m := range e.Messages {
 		for _, s := range secrets {
 			if s != "" {

@@ -52,8 +52,9 @@ type Options struct {
 	RetryAfter time.Duration
 
 	// FailureRate is the share (0..1) of API requests answered with
-	// FailureStatus (default DefaultFailureStatus) before anything else is
-	// looked at. FailNext forces failures one by one.
+	// FailureStatus (default DefaultFailureStatus), after the rate limit and
+	// before the token or the request is looked at. FailNext forces
+	// failures one by one.
 	FailureRate   float64
 	FailureStatus int
 
@@ -159,8 +160,8 @@ func (s *Server) SetFailureRate(share float64) {
 }
 
 // FailNext answers the next n API requests with status (0: the options'
-// FailureStatus), before any other check. It replaces an earlier FailNext
-// that has not run out.
+// FailureStatus), where FailureRate would (a 429 sent this way carries no
+// Retry-After). It replaces an earlier FailNext that has not run out.
 func (s *Server) FailNext(n int, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

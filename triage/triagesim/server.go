@@ -230,7 +230,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !ok || status == 0 {
 			status = st.FailureStatus
 		}
-		s.stats.serverErrors.Add(1)
+		switch {
+		case status == http.StatusTooManyRequests:
+			s.stats.rateLimited.Add(1)
+		case status >= 500:
+			s.stats.serverErrors.Add(1)
+		}
 		s.writeErrors(w, status, newError(status, strconv.Itoa(status), http.StatusText(status), "Simulated failure."))
 		return
 	}

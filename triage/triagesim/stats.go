@@ -18,7 +18,7 @@ type Stats struct {
 	Invalid    int64 // other 422s
 
 	Unauthorized         int64 // 401s on the API
-	RateLimited          int64 // 429s
+	RateLimited          int64 // 429s, those forced by FailNext included
 	ServerErrors         int64 // 5xx (all of them simulated failures)
 	NotFound             int64 // 404s: unknown records and routes
 	BadRequests          int64 // 400s and 413s
