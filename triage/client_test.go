@@ -507,8 +507,9 @@ func TestContextEndStopsRetries(t *testing.T) {
 		t.Fatalf("returned after %v", elapsed)
 	}
 	sent := e.sim.Stats().Requests[triagesim.EndpointCreate]
-	time.Sleep(60 * time.Millisecond) // longer than a backoff step: nothing more may come
-	if later := e.sim.Stats().Requests[triagesim.EndpointCreate]; later != sent || sent > 10 {
+	time.Sleep(60 * time.Millisecond) // longer than a backoff step: no new attempt may come
+	// The request the deadline cut short may still reach the server late.
+	if later := e.sim.Stats().Requests[triagesim.EndpointCreate]; later > sent+1 || sent > 10 {
 		t.Fatalf("%d attempts, then %d: retries must stop with the context", sent, later)
 	}
 

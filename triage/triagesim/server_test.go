@@ -129,12 +129,12 @@ func TestBearerTokenIsRequired(t *testing.T) {
 }
 
 func TestTokenLifetimeEndsTokens(t *testing.T) {
-	e := newEnv(t, triagesim.Options{TokenLifetime: 30 * time.Millisecond})
+	e := newEnv(t, triagesim.Options{TokenLifetime: 300 * time.Millisecond})
 	tok := e.token()
 	if r := e.api(tok, http.MethodGet, "/system/status", ""); r.status != 200 {
 		t.Fatalf("fresh token: %d", r.status)
 	}
-	time.Sleep(40 * time.Millisecond) // the lifetime itself is what is tested
+	time.Sleep(350 * time.Millisecond) // the lifetime itself is what is tested
 	r := e.api(tok, http.MethodGet, "/system/status", "")
 	if r.status != 401 || !strings.Contains(r.header.Get("WWW-Authenticate"), "expired") {
 		t.Fatalf("after its lifetime: %d %v", r.status, r.header)
@@ -464,7 +464,7 @@ func TestConcurrentCreatesOfOneValue(t *testing.T) {
 func TestRateLimit(t *testing.T) {
 	e := newEnv(t, triagesim.Options{})
 	tok := e.token()
-	e.sim.SetRateLimit(5, 5, 0)
+	e.sim.SetRateLimit(1, 5, 0) // a bucket of five, refilled slowly
 	count := map[int]int{}
 	var retryAfter string
 	for range 10 {
@@ -474,7 +474,7 @@ func TestRateLimit(t *testing.T) {
 			retryAfter = r.header.Get("Retry-After")
 		}
 	}
-	// The bucket holds five; at 5/s, a sixth may drip in during the loop.
+	// The bucket holds five; a sixth may drip in if the loop is slow.
 	if count[200] < 5 || count[200] > 6 || count[429] != 10-count[200] || retryAfter != "1" {
 		t.Fatalf("answers %v, Retry-After %q", count, retryAfter)
 	}
