@@ -391,6 +391,7 @@ func TestListFiltersAndSort(t *testing.T) {
 		{"filter[threat_type]=URL&filter[threat_value]=http://b.example/,http://a.example/x", "2"}, // a comma ORs
 		{"filter[threat_type]=URL,Hostname&filter[threat_value]=b.example,http://b.example/", "2,3"},
 		{"filter[threat_value_eq]=b.example", "3"},
+		{"filter[threat_type]=URL&filter[threat_value]=http://b.example/,http://b.example/", "2"},
 		{"filter[threat_value_start]=http://a.example/x", "1"},
 		{"filter[threat_value_cont]=b.example", "2,3"},
 		{"filter[threat_level_not_eq]=Benign,Suspicious", "2"},

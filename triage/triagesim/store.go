@@ -219,6 +219,7 @@ func (s *store) page(q *query) ([]Indicator, int) {
 			}
 		}
 		slices.SortFunc(matched, func(a, b *record) int { return cmp.Compare(a.id, b.id) })
+		matched = slices.Compact(matched) // a value named twice in one filter
 	case len(q.filters) == 0:
 		matched = s.ordered // already in id order; sliced below, never changed
 	default:
