@@ -669,3 +669,72 @@ func TestSecretsAreMaskedEvenWhenAServerEchoesThem(t *testing.T) {
 		}
 	}
 }
+
+func TestReadsThroughRandomServerErrors(t *testing.T) {
+	// A fifth of API calls fail; with eight attempts a call fails for good
+	// once in 390,000, and the seed makes the run repeatable anyway.
+	sim, url := startSim(t, threatqsim.Options{ErrorRate: 0.2, Seed: 42})
+	want := seeds(300)
+	ids := sim.AddCollection("h", "n", want)
+	c := newClient(t, url, func(cfg *threatq.Config) { cfg.Retry.MaxAttempts = 8 })
+	if got := readAll(t, c, "h", 20); len(got) != len(want) {
+		t.Fatalf("read %d, want %d", len(got), len(want))
+	}
+	for _, id := range ids[:20] {
+		if err := c.SetAttributes(t.Context(), id, []threatq.Attribute{{Name: "Threat Level", Value: "Malicious"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := sim.Counts().InjectedFailures; n == 0 {
+		t.Fatal("no failure was injected")
+	}
+	for _, id := range ids[:20] {
+		if got := sim.Attributes(id); len(got) != 1 {
+			t.Fatalf("indicator %d: %+v", id, got)
+		}
+	}
+}
+
+func TestWriteBackDuringAnOutageIsRetryableAndCompletesAfterwards(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{})
+	id := oneIndicator(t, sim, threatqsim.SeedAttribute{Name: "Threat Level", Value: "Benign"})
+	c := newClient(t, url, func(cfg *threatq.Config) { cfg.Retry.MaxAttempts = 2 })
+	attrs := []threatq.Attribute{{Name: "Threat Level", Value: "Malicious"}, {Name: "ID", Value: "9"}}
+
+	sim.SetDown(true)
+	err := c.SetAttributes(t.Context(), id, attrs)
+	if !errors.Is(err, threatq.ErrUnavailable) || !retry.IsRetryable(err) {
+		t.Fatalf("err %v, want a retryable ErrUnavailable", err)
+	}
+	sim.SetDown(false)
+	if err := c.SetAttributes(t.Context(), id, attrs); err != nil {
+		t.Fatal(err)
+	}
+	got := sim.Attributes(id)
+	if len(got) != 2 || got[0].Value != "Malicious" || got[1].Name != "ID" {
+		t.Fatalf("attributes %+v", got)
+	}
+}
+
+func TestCancelledReadEndsWithTheContextError(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{})
+	sim.AddCollection("h", "n", seeds(50))
+	c := newClient(t, url, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	n := 0
+	var last error
+	for _, err := range c.CollectionIndicators(ctx, "h", 10) {
+		if err != nil {
+			last = err
+			continue
+		}
+		n++
+		if n == 5 {
+			cancel()
+		}
+	}
+	if n != 10 || !errors.Is(last, context.Canceled) {
+		t.Fatalf("read %d then %v; want the first page, then context.Canceled", n, last)
+	}
+}
