@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,5 +217,36 @@ func TestSecretsNeverInErrors(t *testing.T) {
 	}
 	if !strings.Contains(errs[len(errs)-2].Error(), "[redacted]") || !strings.Contains(errs[len(errs)-3].Error(), "[redacted]") {
 		t.Errorf("echoed secrets must be replaced: %v / %v", errs[len(errs)-3], errs[len(errs)-2])
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestHTTPWrapSeesEveryRequest: the transport hook of httpclient (a shared
+// rate limit, metrics) sees the token request, the API calls and retries.
+func TestHTTPWrapSeesEveryRequest(t *testing.T) {
+	sim := triagesim.New(triagesim.Options{})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	var mu sync.Mutex
+	var seen []string
+	wrap := func(next http.RoundTripper) http.RoundTripper {
+		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			seen = append(seen, r.Method+" "+r.URL.Path)
+			mu.Unlock()
+			return next.RoundTrip(r)
+		})
+	}
+	c := newClient(t, triage.Config{BaseURL: srv.URL, HTTP: httpclient.Options{Wrap: wrap}})
+	sim.FailNext(1, http.StatusServiceUnavailable)
+	if _, err := c.CreateIndicator(context.Background(), newSHA(sha(4))); err != nil {
+		t.Fatal(err)
+	}
+	want := "[POST /oauth/token POST /api/public/v2/threat_indicators POST /api/public/v2/threat_indicators]"
+	if got := fmt.Sprint(seen); got != want {
+		t.Fatalf("wrapped transport saw %s, want %s", got, want)
 	}
 }
