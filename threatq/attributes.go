@@ -40,7 +40,7 @@ func (c *Client) Attributes(ctx context.Context, indicatorID int64) ([]Attribute
 // total says rows are missing does it page on with limit and offset.
 func (c *Client) attributeRows(ctx context.Context, indicatorID int64) ([]AttributeRow, error) {
 	if indicatorID <= 0 {
-		return nil, fmt.Errorf("threatq: attributes: %w: indicator id %d", ErrInvalidConfig, indicatorID)
+		return nil, fmt.Errorf("attributes: %w: indicator id %d", ErrInvalidArgument, indicatorID)
 	}
 	path := attributesPath(indicatorID)
 	var rows []AttributeRow
@@ -48,7 +48,7 @@ func (c *Client) attributeRows(ctx context.Context, indicatorID int64) ([]Attrib
 	for {
 		var l AttributeList
 		if err := c.do(ctx, call{method: http.MethodGet, path: path, query: query}, &l); err != nil {
-			return nil, fmt.Errorf("threatq: list attributes of indicator %d: %w", indicatorID, err)
+			return nil, fmt.Errorf("list attributes of indicator %d: %w", indicatorID, err)
 		}
 		rows = append(rows, l.Data...)
 		if len(l.Data) == 0 || int64(len(rows)) >= l.Total {
@@ -80,10 +80,10 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 	seen := make(map[string]bool, len(attrs))
 	for _, a := range attrs {
 		if a.Name == "" {
-			return fmt.Errorf("threatq: set attributes of indicator %d: %w: an attribute has no name", indicatorID, ErrInvalidConfig)
+			return fmt.Errorf("set attributes of indicator %d: %w: an attribute has no name", indicatorID, ErrInvalidArgument)
 		}
 		if seen[a.Name] {
-			return fmt.Errorf("threatq: set attributes of indicator %d: %w: attribute %q given twice", indicatorID, ErrInvalidConfig, a.Name)
+			return fmt.Errorf("set attributes of indicator %d: %w: attribute %q given twice", indicatorID, ErrInvalidArgument, a.Name)
 		}
 		seen[a.Name] = true
 	}
@@ -112,7 +112,7 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("threatq: set attributes of indicator %d: %w", indicatorID, errors.Join(errs...))
+		return fmt.Errorf("set attributes of indicator %d: %w", indicatorID, errors.Join(errs...))
 	}
 	return nil
 }

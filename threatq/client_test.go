@@ -486,7 +486,7 @@ func TestSetAttributesRejectsBadInputBeforeAnyRequest(t *testing.T) {
 		{{Name: "", Value: "x"}},
 		{{Name: "A", Value: "1"}, {Name: "A", Value: "2"}},
 	} {
-		if err := c.SetAttributes(t.Context(), id, attrs); !errors.Is(err, threatq.ErrInvalidConfig) {
+		if err := c.SetAttributes(t.Context(), id, attrs); !errors.Is(err, threatq.ErrInvalidArgument) {
 			t.Fatalf("%+v: err %v", attrs, err)
 		}
 	}

@@ -38,7 +38,7 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 	}
 	return func(yield func(Indicator, error) bool) {
 		if hash == "" {
-			yield(Indicator{}, fmt.Errorf("threatq: read collection: %w: empty collection hash", ErrInvalidConfig))
+			yield(Indicator{}, fmt.Errorf("read collection: %w: empty collection hash", ErrInvalidArgument))
 			return
 		}
 		path := "/api/indicators/query/hash/" + escapeSegment(hash)
@@ -59,7 +59,7 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 				},
 			}, &p)
 			if err != nil {
-				yield(Indicator{}, fmt.Errorf("threatq: read collection %s, page %d: %w", hash, page, err))
+				yield(Indicator{}, fmt.Errorf("read collection %s, page %d: %w", hash, page, err))
 				return
 			}
 			for _, in := range p.Data {
@@ -79,7 +79,7 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 // and reports.
 func (c *Client) CollectionName(ctx context.Context, hash string) (string, error) {
 	if hash == "" {
-		return "", fmt.Errorf("threatq: collection name: %w: empty collection hash", ErrInvalidConfig)
+		return "", fmt.Errorf("collection name: %w: empty collection hash", ErrInvalidArgument)
 	}
 	var doc struct {
 		Data json.RawMessage `json:"data"`
@@ -90,7 +90,7 @@ func (c *Client) CollectionName(ctx context.Context, hash string) (string, error
 		query:  url.Values{"fields": {"name"}},
 	}, &doc)
 	if err != nil {
-		return "", fmt.Errorf("threatq: name of collection %s: %w", hash, err)
+		return "", fmt.Errorf("name of collection %s: %w", hash, err)
 	}
 	// "data" is one object; a list of one is accepted too.
 	var one struct {

@@ -19,6 +19,9 @@ import (
 var (
 	// ErrInvalidConfig: New was given a configuration it cannot work with.
 	ErrInvalidConfig = errors.New("threatq: invalid configuration")
+	// ErrInvalidArgument: a method was called with an argument it refuses
+	// before sending anything (an empty hash, a nameless attribute).
+	ErrInvalidArgument = errors.New("threatq: invalid argument")
 	// ErrAuthentication: the token endpoint refused the credentials.
 	ErrAuthentication = errors.New("threatq: authentication failed")
 	// ErrUnauthorized: 401, after one fresh token was tried.
