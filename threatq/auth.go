@@ -2,6 +2,7 @@ package threatq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -47,6 +48,8 @@ type token struct {
 }
 
 const tokenPath = "/api/token"
+
+var errNoToken = errors.New("the token response has no access_token")
 
 // fetchToken asks for a new token, once (the caller retries).
 func (c *Client) fetchToken(ctx context.Context, g grant) (token, error) {

@@ -738,3 +738,29 @@ func TestCancelledReadEndsWithTheContextError(t *testing.T) {
 		t.Fatalf("read %d then %v; want the first page, then context.Canceled", n, last)
 	}
 }
+
+func TestMissingCursorIsAnErrorNotAShortCollection(t *testing.T) {
+	// Not ThreatQ: a server that pages without nextCursorMark. Stopping
+	// after its first page would pass 1 of 5 indicators off as all.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/api/token" {
+			fmt.Fprint(w, `{"access_token":"t","token_type":"Bearer","expires_in":3600}`)
+			return
+		}
+		fmt.Fprint(w, `{"total":5,"data":[{"id":1,"type":{"name":"MD5"},"value":"a"}],"limit":100}`)
+	}))
+	t.Cleanup(srv.Close)
+	var n int
+	var last error
+	for _, err := range newClient(t, srv.URL, nil).CollectionIndicators(t.Context(), "h", 0) {
+		if err != nil {
+			last = err
+			continue
+		}
+		n++
+	}
+	if n != 1 || !errors.Is(last, threatq.ErrUnexpectedResponse) || !strings.Contains(last.Error(), "1 of 5") {
+		t.Fatalf("read %d, then %v", n, last)
+	}
+}

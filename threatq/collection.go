@@ -43,6 +43,7 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 		}
 		path := "/api/indicators/query/hash/" + escapeSegment(hash)
 		cursor := "*"
+		read := int64(0)
 		for page := 1; ; page++ {
 			if err := ctx.Err(); err != nil {
 				yield(Indicator{}, fmt.Errorf("threatq: read collection %s: %w", hash, err))
@@ -66,6 +67,13 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 				if !yield(in, nil) {
 					return
 				}
+			}
+			read += int64(len(p.Data))
+			if len(p.Data) > 0 && p.NextCursorMark == "" && read < p.Total {
+				// Stopping here would pass a partial collection off as whole.
+				yield(Indicator{}, fmt.Errorf("read collection %s, page %d: %w: no nextCursorMark after %d of %d indicators",
+					hash, page, ErrUnexpectedResponse, read, p.Total))
+				return
 			}
 			if len(p.Data) == 0 || p.NextCursorMark == "" || p.NextCursorMark == cursor {
 				return
@@ -101,7 +109,7 @@ func (c *Client) CollectionName(ctx context.Context, hash string) (string, error
 			Name flexString `json:"name"`
 		}
 		if err2 := json.Unmarshal(doc.Data, &list); err2 != nil || len(list) == 0 {
-			return "", fmt.Errorf("threatq: name of collection %s: unexpected document: %w", hash, err)
+			return "", fmt.Errorf("name of collection %s: %w: %w", hash, ErrUnexpectedResponse, err)
 		}
 		one.Name = list[0].Name
 	}

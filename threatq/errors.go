@@ -32,6 +32,9 @@ var (
 	ErrNotFound = errors.New("threatq: not found")
 	// ErrRateLimited: 429.
 	ErrRateLimited = errors.New("threatq: rate limited")
+	// ErrUnexpectedResponse: ThreatQ answered with a document this client
+	// cannot use.
+	ErrUnexpectedResponse = errors.New("threatq: unexpected response")
 	// ErrUnavailable: a 5xx answer or no answer at all (the transport failed).
 	ErrUnavailable = errors.New("threatq: unavailable")
 )
@@ -146,8 +149,9 @@ func isTimeout(err error) bool {
 // would read the same document.
 type decodeError struct{ err error }
 
-func (d *decodeError) Error() string { return "decode response: " + d.err.Error() }
-func (d *decodeError) Unwrap() error { return d.err }
+func (d *decodeError) Error() string        { return "decode response: " + d.err.Error() }
+func (d *decodeError) Unwrap() error        { return d.err }
+func (d *decodeError) Is(target error) bool { return target == ErrUnexpectedResponse }
 
 // ParseErrorBody returns the messages of a ThreatQ error body, in a stable
 // order. It knows the two shapes public integrations parse,

@@ -20,11 +20,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -308,8 +308,9 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 
 // mask replaces any secret the client holds in server-provided text.
 func (c *Client) mask(msgs []string, extra ...string) []string {
+	secrets := slices.Concat(c.secrets, extra) // never append to the shared slice
 	for i, m := range msgs {
-		for _, s := range append(c.secrets, extra...) {
+		for _, s := range secrets {
 			if len(s) >= 4 {
 				m = strings.ReplaceAll(m, s, "[redacted]")
 			}
@@ -343,5 +344,3 @@ func (m *maskedError) Unwrap() error { return m.err }
 // escapeSegment escapes one path segment (a collection hash is opaque
 // text from the user).
 func escapeSegment(s string) string { return url.PathEscape(s) }
-
-var errNoToken = errors.New("the token response has no access_token")
