@@ -261,15 +261,17 @@ func (s *Server) collectionPage(w http.ResponseWriter, r *http.Request, _ string
 	}
 	s.mu.Unlock()
 
-	page := collectionPageDoc{Total: total, Limit: limit, NextCursorMark: cursor}
-	if len(docs) == 0 {
-		// The last page: ThreatQ sends an empty object here, not [].
-		page.Data = struct{}{}
-	} else {
-		page.Data = docs
-		page.NextCursorMark = encodeCursor(ids[len(ids)-1])
+	// The last page (no indicators) repeats the cursor asked for, as Solr
+	// does, and has "data": {}.
+	next := cursor
+	if len(ids) > 0 {
+		next = encodeCursor(ids[len(ids)-1])
 	}
-	writeJSON(w, http.StatusOK, page)
+	b := appendPage(make([]byte, 0, 1024*(len(docs)+1)), total, docs, next, limit)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 // page returns the collection's size and up to limit ids after the id
