@@ -71,8 +71,9 @@ func attributesPath(indicatorID int64) string {
 // it twice with the same attrs sends no write the second time.
 //
 // It is not atomic: when it fails half-way, running it again completes the
-// work. Two concurrent calls for one indicator may both add a row; the
-// next call removes the extra one.
+// work. Two concurrent calls for one indicator may both add a row, and so
+// may a POST retried after its answer was lost; the next call removes the
+// extra row.
 func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []Attribute) error {
 	if len(attrs) == 0 {
 		return nil

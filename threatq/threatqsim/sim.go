@@ -334,8 +334,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // AddCollection stores a data collection of the given indicators and
 // returns their ids, in order. An indicator whose type and value were
-// seeded before (by AddCollection) is the same indicator, with the same id.
-// Adding a hash again replaces that collection.
+// seeded before (by AddCollection) is the same indicator, with the same id
+// (its seed attributes are added to the ones it has). Adding a hash again
+// replaces that collection.
 func (s *Server) AddCollection(hash, name string, indicators []SeedIndicator) []int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
