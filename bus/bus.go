@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -99,6 +100,9 @@ type Bus struct {
 
 	jobs, results, dlq, claims jetstream.Stream
 	runs                       jetstream.KeyValue
+
+	claimMu     sync.Mutex
+	claimQueues map[string]*claimQueue // by run and limit: claims waiting for a commit
 }
 
 // Connect connects to NATS, reconnecting for ever on a lost connection, and

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	"golang.org/x/term"
+
+	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/mapping"
+	"github.com/tqtriage/tqtriage/pipeline"
+	"github.com/tqtriage/tqtriage/worker"
+	"github.com/tqtriage/tqtriage/writeback"
+)
+
+// The setting groups, one function each, so every subcommand that needs a
+// group names it the same way.
+
+func addLog(s *settings) {
+	s.add("log-level", "LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	s.add("log-format", "LOG_FORMAT", "json", "log format: json or console")
+}
+
+func addNATS(s *settings, urlHelp string) {
+	s.add("nats-url", "NATS_URL", "", urlHelp)
+	s.add("nats-creds", "NATS_CREDS", "", "NATS credentials file")
+	s.add("nats-tls-ca", "NATS_TLS_CA", "", "CA bundle for the NATS server's certificate")
+	s.add("nats-tls-cert", "NATS_TLS_CERT", "", "client certificate for NATS")
+	s.add("nats-tls-key", "NATS_TLS_KEY", "", "client key for NATS")
+	s.add("nats-replicas", "NATS_REPLICAS", "1", "replication factor of the streams (3 on a three-node cluster)")
+}
+
+func addHTTP(s *settings, def string) {
+	s.add("http-addr", "HTTP_ADDR", def, "address of /metrics, /healthz and /readyz (empty: none)")
+}
+
+func addTriage(s *settings) {
+	s.add("triage-base-url", "TRIAGE_BASE_URL", "", "Cofense Triage address, e.g. https://triage.example.com")
+	s.add("triage-client-id", "TRIAGE_CLIENT_ID", "", "Triage API client id (the secret: $TRIAGE_CLIENT_SECRET or $TRIAGE_CLIENT_SECRET_FILE)")
+	s.add("triage-threat-level", "TRIAGE_THREAT_LEVEL", "Malicious", "threat level sent to Triage: Malicious, Suspicious or Benign")
+	s.add("triage-objects-per-run", "TRIAGE_OBJECTS_PER_RUN", "10000", "at most this many distinct indicators of one run reach Triage")
+	s.addBool("triage-verify-ssl", "TRIAGE_VERIFY_SSL", true, "verify Triage's TLS certificate")
+	s.add("triage-ca-file", "TRIAGE_CA_FILE", "", "extra CA bundle for Triage's certificate")
+	s.add("triage-source", "TRIAGE_SOURCE", "ThreatQ", "threat source sent to Triage")
+	s.add("triage-rate-limit", "TRIAGE_RATE_LIMIT", "0", "requests a second to Triage from this replica (0: no limit; 429s are honoured anyway)")
+	s.add("worker-concurrency", "WORKER_CONCURRENCY", "16", "jobs worked on at once by this replica")
+	s.add("worker-max-deliver", "WORKER_MAX_DELIVER", "5", "deliveries of a job before a retryable failure is final")
+}
+
+func addThreatQ(s *settings) {
+	s.add("threatq-base-url", "THREATQ_BASE_URL", "", "ThreatQ address, e.g. https://threatq.example.com")
+	s.add("threatq-client-id", "THREATQ_CLIENT_ID", "", "ThreatQ API client id (the secret: $THREATQ_CLIENT_SECRET or $THREATQ_CLIENT_SECRET_FILE)")
+	s.add("threatq-email", "THREATQ_EMAIL", "", "use the password grant as this user (the password: $THREATQ_PASSWORD or $THREATQ_PASSWORD_FILE)")
+	s.addBool("threatq-verify-ssl", "THREATQ_VERIFY_SSL", true, "verify ThreatQ's TLS certificate")
+	s.add("threatq-ca-file", "THREATQ_CA_FILE", "", "extra CA bundle for ThreatQ's certificate")
+	s.add("threatq-attribute-source", "THREATQ_ATTRIBUTE_SOURCE", "Cofense Triage", "source named on the attributes written back")
+	s.add("writeback-concurrency", "WRITEBACK_CONCURRENCY", "8", "results written back at once by this replica")
+}
+
+func newLogger(s *settings, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(s.str("log-level")))
+	if err != nil || lvl == zerolog.NoLevel {
+		return zerolog.Nop(), fmt.Errorf("%s=%q: want debug, info, warn or error", s.name("log-level"), s.str("log-level"))
+	}
+	var out io.Writer = w
+	switch s.str("log-format") {
+	case "json", "":
+	case "console":
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	default:
+		return zerolog.Nop(), fmt.Errorf("%s=%q: want json or console", s.name("log-format"), s.str("log-format"))
+	}
+	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func busConfig(s *settings, url string) bus.Config {
+	return bus.Config{
+		URL: url, Name: "tqtriage",
+		Creds: s.str("nats-creds"), TLSCA: s.str("nats-tls-ca"), TLSCert: s.str("nats-tls-cert"), TLSKey: s.str("nats-tls-key"),
+		Replicas: s.integer("nats-replicas", 1),
+	}
+}
+
+// connect connects to $NATS_URL (default nats://127.0.0.1:4222).
+func connect(ctx context.Context, s *settings, log zerolog.Logger) (*bus.Bus, error) {
+	cfg := busConfig(s, s.str("nats-url"))
+	if err := s.err(); err != nil {
+		return nil, usageErr("%w", err)
+	}
+	return bus.Connect(ctx, cfg, log)
+}
+
+type triageSetup struct {
+	settings pipeline.TriageSettings
+	worker   worker.Config
+	conc     int
+}
+
+func readTriage(s *settings) triageSetup {
+	var t triageSetup
+	t.settings = pipeline.TriageSettings{
+		BaseURL:            s.required("triage-base-url", "to reach Triage"),
+		ClientID:           s.required("triage-client-id", "to reach Triage"),
+		ClientSecret:       s.secret("TRIAGE_CLIENT_SECRET", true, "to reach Triage"),
+		InsecureSkipVerify: !s.boolean("triage-verify-ssl"),
+		CAFile:             s.str("triage-ca-file"),
+		RateLimit:          s.float("triage-rate-limit", 0),
+	}
+	level, err := mapping.ParseThreatLevel(s.str("triage-threat-level"))
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("%s: %w", s.name("triage-threat-level"), err))
+	}
+	t.worker = worker.Config{
+		ThreatLevel:   level,
+		ThreatSource:  s.str("triage-source"),
+		ObjectsPerRun: s.integer("triage-objects-per-run", 1),
+		MaxDeliver:    s.integer("worker-max-deliver", 1),
+	}
+	t.conc = s.integer("worker-concurrency", 1)
+	return t
+}
+
+type threatqSetup struct {
+	settings pipeline.ThreatQSettings
+	conc     int
+}
+
+func readThreatQ(s *settings, why string) threatqSetup {
+	email := s.str("threatq-email")
+	t := threatqSetup{settings: pipeline.ThreatQSettings{
+		BaseURL:            s.required("threatq-base-url", why),
+		ClientID:           s.required("threatq-client-id", why),
+		Email:              email,
+		InsecureSkipVerify: !s.boolean("threatq-verify-ssl"),
+		CAFile:             s.str("threatq-ca-file"),
+		AttributeSource:    s.str("threatq-attribute-source"),
+	}}
+	if email != "" {
+		t.settings.Password = s.secret("THREATQ_PASSWORD", true, "with $THREATQ_EMAIL (the password grant)")
+	} else {
+		t.settings.ClientSecret = s.secret("THREATQ_CLIENT_SECRET", true, why)
+	}
+	t.conc = s.integer("writeback-concurrency", 1)
+	return t
+}
+
+// newWorker builds a worker on b from the Triage settings.
+func newWorker(ctx context.Context, t triageSetup, b *bus.Bus, log zerolog.Logger, reg prometheus.Registerer) (*worker.Worker, error) {
+	tc, _, err := pipeline.NewTriage(ctx, t.settings)
+	if err != nil {
+		return nil, err
+	}
+	var m *worker.Metrics
+	if reg != nil {
+		m = worker.NewMetrics(reg)
+	}
+	return worker.New(t.worker, tc, b, log, m)
+}
+
+func newWriter(ctx context.Context, t threatqSetup, b *bus.Bus, log zerolog.Logger, reg prometheus.Registerer) (*writeback.Writer, error) {
+	tq, err := pipeline.NewThreatQ(ctx, t.settings, retry.None)
+	if err != nil {
+		return nil, err
+	}
+	return writeback.New(writeback.Config{}, tq, b, log, reg), nil
+}
+
+// serveHTTP serves /metrics, /healthz and /readyz on addr until ctx ends.
+// ready reports whether the process can do its work (NATS connected).
+func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func() error, log zerolog.Logger) (func(), error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("HTTP_ADDR %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("HTTP server stopped")
+		}
+	}()
+	log.Info().Str("addr", ln.Addr().String()).Msg("serving /metrics, /healthz, /readyz")
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}, nil
+}
+
+func natsReady(b *bus.Bus) func() error {
+	return func() error {
+		if !b.Conn().IsConnected() {
+			return errors.New("NATS not connected")
+		}
+		return nil
+	}
+}
+
+// isTerminal reports whether f is a terminal (for progress redrawn in place).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

@@ -1,0 +1,104 @@
+// Command tqtriage moves ThreatQ indicators into Cofense Triage through NATS
+// JetStream and writes Triage's answers back onto the ThreatQ indicators.
+// DESIGN.md fixes its subcommands, flags and environment; this package only
+// reads them and wires the packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `tqtriage moves ThreatQ indicators into Cofense Triage and writes Triage's answers back.
+
+usage: tqtriage <command> [flags]
+
+commands:
+  worker     consume jobs and call Triage
+  writeback  consume results and write attributes to ThreatQ
+  publish    publish one run: --action create|update (--collection HASH | --file PATH|-) [--upsert] [--wait]
+  run        the whole pipeline in one process (same flags as publish)
+  status     RUN_ID: counts of a run by status
+  dlq        list | replay [--action A]: look at and re-send dead letters
+  demo       run against local Triage and ThreatQ simulators, no account needed
+  sim        serve the Triage and ThreatQ simulators
+
+Run 'tqtriage <command> -h' for a command's flags and environment variables.
+`
+
+// exitError carries an exit code: 1 for a run with failures or an error,
+// 2 for a usage error.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(format string, args ...any) error {
+	return &exitError{2, fmt.Errorf(format, args...)}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if err == nil {
+		return
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errSilent) {
+		fmt.Fprintln(os.Stderr, "tqtriage:", err)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		code = 0
+	}
+	os.Exit(code)
+}
+
+// errSilent ends the program with a non-zero exit after what had to be
+// said was said (a summary with failures).
+var errSilent = errors.New("failed")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return &exitError{2, errSilent}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "worker":
+		return cmdWorker(ctx, rest, stderr)
+	case "writeback":
+		return cmdWriteback(ctx, rest, stderr)
+	case "publish":
+		return cmdPublish(ctx, rest, stdout, stderr)
+	case "run":
+		return cmdRun(ctx, rest, stdout, stderr)
+	case "status":
+		return cmdStatus(ctx, rest, stdout, stderr)
+	case "dlq":
+		return cmdDLQ(ctx, rest, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, rest, stdout, stderr)
+	case "sim":
+		return cmdSim(ctx, rest, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return usageErr("unknown command %q", cmd)
+	}
+}

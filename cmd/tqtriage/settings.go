@@ -1,0 +1,164 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// settings are a subcommand's flags, each with an environment variable
+// behind it: the flag wins, then the variable, then the default. Values
+// are checked after parsing, and a bad one names both the flag and the
+// variable.
+type settings struct {
+	fs       *flag.FlagSet
+	vals     map[string]*setting
+	boolPtrs []boolPtr
+	errs     []error
+}
+
+type setting struct {
+	flag, env, def string
+	val            *string
+	fromEnv        bool
+}
+
+func newSettings(name, usage string) *settings {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	s := &settings{fs: fs, vals: map[string]*setting{}}
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: tqtriage %s\n\nFlags (each also read from the environment variable in brackets; a flag wins):\n", usage)
+		fs.PrintDefaults()
+	}
+	return s
+}
+
+// add registers a setting. env may be empty for a flag-only one.
+func (s *settings) add(flagName, env, def, help string) {
+	v := def
+	st := &setting{flag: flagName, env: env, def: def}
+	if env != "" {
+		if e, ok := os.LookupEnv(env); ok {
+			v, st.fromEnv = e, true
+		}
+		help += " [$" + env + "]"
+	}
+	st.val = s.fs.String(flagName, v, help)
+	s.vals[flagName] = st
+}
+
+// addBool registers a boolean setting (given as --name, --name=false, or
+// true/false/1/0 in the environment).
+func (s *settings) addBool(flagName, env string, def bool, help string) {
+	v := def
+	if env != "" {
+		if e, ok := os.LookupEnv(env); ok {
+			b, err := strconv.ParseBool(strings.TrimSpace(e))
+			if err != nil {
+				s.errs = append(s.errs, fmt.Errorf("$%s=%q: want true or false", env, e))
+			}
+			v = b
+		}
+		help += " [$" + env + "]"
+	}
+	p := s.fs.Bool(flagName, v, help)
+	str := new(string)
+	s.vals[flagName] = &setting{flag: flagName, env: env, val: str}
+	s.boolPtrs = append(s.boolPtrs, boolPtr{str, p})
+}
+
+type boolPtr struct {
+	str *string
+	b   *bool
+}
+
+func (s *settings) parse(args []string) error {
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	for _, bp := range s.boolPtrs {
+		*bp.str = strconv.FormatBool(*bp.b)
+	}
+	return errors.Join(s.errs...)
+}
+
+func (s *settings) name(flagName string) string {
+	st := s.vals[flagName]
+	if st.env == "" {
+		return "--" + flagName
+	}
+	return "--" + flagName + " ($" + st.env + ")"
+}
+
+func (s *settings) str(flagName string) string { return strings.TrimSpace(*s.vals[flagName].val) }
+
+func (s *settings) boolean(flagName string) bool {
+	b, _ := strconv.ParseBool(*s.vals[flagName].val)
+	return b
+}
+
+func (s *settings) integer(flagName string, min int) int {
+	v := s.str(flagName)
+	n, err := strconv.Atoi(v)
+	if err != nil || n < min {
+		s.errs = append(s.errs, fmt.Errorf("%s=%q: want a whole number of at least %d", s.name(flagName), v, min))
+	}
+	return n
+}
+
+func (s *settings) float(flagName string, min float64) float64 {
+	v := s.str(flagName)
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < min {
+		s.errs = append(s.errs, fmt.Errorf("%s=%q: want a number of at least %g", s.name(flagName), v, min))
+	}
+	return f
+}
+
+func (s *settings) duration(flagName string) time.Duration {
+	v := s.str(flagName)
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		s.errs = append(s.errs, fmt.Errorf("%s=%q: want a duration such as 500ms or 2m", s.name(flagName), v))
+	}
+	return d
+}
+
+// required records an error when a setting is empty.
+func (s *settings) required(flagName, why string) string {
+	v := s.str(flagName)
+	if v == "" {
+		s.errs = append(s.errs, fmt.Errorf("%s is required %s", s.name(flagName), why))
+	}
+	return v
+}
+
+// err returns every problem found so far.
+func (s *settings) err() error { return errors.Join(s.errs...) }
+
+// secret reads a secret from $env or from the file named by $env_FILE,
+// never from a flag. required adds an error when neither is set.
+func (s *settings) secret(env string, required bool, why string) string {
+	v, okV := os.LookupEnv(env)
+	file, okF := os.LookupEnv(env + "_FILE")
+	switch {
+	case okV && okF && v != "" && file != "":
+		s.errs = append(s.errs, fmt.Errorf("both $%s and $%s_FILE are set: set one", env, env))
+	case okF && file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			// The path is not a secret; the content never appears.
+			s.errs = append(s.errs, fmt.Errorf("$%s_FILE: %w", env, err))
+			return ""
+		}
+		v = strings.TrimRight(string(b), "\r\n")
+	}
+	if v == "" && required {
+		s.errs = append(s.errs, fmt.Errorf("$%s (or $%s_FILE) is required %s", env, env, why))
+	}
+	return v
+}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/internal/sample"
+	"github.com/tqtriage/tqtriage/message"
+	"github.com/tqtriage/tqtriage/pipeline"
+	"github.com/tqtriage/tqtriage/publish"
+	"github.com/tqtriage/tqtriage/threatq/threatqsim"
+	"github.com/tqtriage/tqtriage/triage/triagesim"
+	"github.com/tqtriage/tqtriage/worker"
+	"github.com/tqtriage/tqtriage/writeback"
+)
+
+// sims are the two simulators, served on real listeners.
+type sims struct {
+	triage     *triagesim.Server
+	threatq    *threatqsim.Server
+	triageURL  string
+	threatqURL string
+	servers    []*http.Server
+}
+
+func serveSims(triageAddr, threatqAddr string, to triagesim.Options, qo threatqsim.Options, log zerolog.Logger) (*sims, error) {
+	s := &sims{triage: triagesim.New(to), threatq: threatqsim.New(qo)}
+	var err error
+	if s.triageURL, err = s.serve(triageAddr, s.triage, log); err != nil {
+		return nil, fmt.Errorf("Triage simulator: %w", err)
+	}
+	if s.threatqURL, err = s.serve(threatqAddr, s.threatq, log); err != nil {
+		s.close()
+		return nil, fmt.Errorf("ThreatQ simulator: %w", err)
+	}
+	return s, nil
+}
+
+func (s *sims) serve(addr string, h http.Handler, log zerolog.Logger) (string, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	s.servers = append(s.servers, srv)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error().Err(err).Msg("simulator stopped")
+		}
+	}()
+	return "http://" + ln.Addr().String(), nil
+}
+
+func (s *sims) close() {
+	for _, srv := range s.servers {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = srv.Shutdown(ctx)
+		cancel()
+	}
+}
+
+// seedSample loads the sample collection into ThreatQ and a few of its
+// indicators into Triage.
+func (s *sims) seedSample(n int) error {
+	s.threatq.AddCollection(sample.CollectionHash, sample.CollectionName, sample.Indicators(n))
+	_, err := s.triage.Seed(sample.InTriage()...)
+	return err
+}
+
+func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	s := newSettings("sim", "sim [flags]")
+	s.add("triage-addr", "SIM_TRIAGE_ADDR", "127.0.0.1:8081", "address of the Triage simulator")
+	s.add("threatq-addr", "SIM_THREATQ_ADDR", "127.0.0.1:8082", "address of the ThreatQ simulator")
+	s.add("sample", "SIM_SAMPLE", "300", "indicators in the sample collection (0: none)")
+	s.add("triage-latency", "SIM_TRIAGE_LATENCY", "0s", "Triage: delay of every answer")
+	s.add("triage-latency-jitter", "SIM_TRIAGE_LATENCY_JITTER", "0s", "Triage: random extra delay, up to this")
+	s.add("triage-token-lifetime", "SIM_TRIAGE_TOKEN_LIFETIME", "2h", "Triage: access token lifetime")
+	s.add("triage-rate-limit", "SIM_TRIAGE_RATE_LIMIT", "0", "Triage: API requests a second before 429 (0: none)")
+	s.add("triage-retry-after", "SIM_TRIAGE_RETRY_AFTER", "0s", "Triage: Retry-After sent with a 429 (0: the refill time)")
+	s.add("triage-failure-rate", "SIM_TRIAGE_FAILURE_RATE", "0", "Triage: share of API requests answered 503 (0 to 1)")
+	s.add("threatq-latency", "SIM_THREATQ_LATENCY", "0s", "ThreatQ: delay of every answer")
+	s.add("threatq-token-lifetime", "SIM_THREATQ_TOKEN_LIFETIME", "48h", "ThreatQ: access token lifetime")
+	s.add("threatq-error-rate", "SIM_THREATQ_ERROR_RATE", "0", "ThreatQ: share of API requests answered 5xx (0 to 1)")
+	s.add("threatq-max-page-size", "SIM_THREATQ_MAX_PAGE_SIZE", "1000", "ThreatQ: largest collection page")
+	addLog(s)
+	if err := s.parse(args); err != nil {
+		return usageErr("%w", err)
+	}
+	log, err := newLogger(s, stderr)
+	if err != nil {
+		return usageErr("%w", err)
+	}
+	to := triagesim.Options{
+		Latency: s.duration("triage-latency"), LatencyJitter: s.duration("triage-latency-jitter"),
+		TokenLifetime: s.duration("triage-token-lifetime"), RateLimit: s.float("triage-rate-limit", 0),
+		RetryAfter: s.duration("triage-retry-after"), FailureRate: s.float("triage-failure-rate", 0),
+	}
+	qo := threatqsim.Options{
+		Latency: s.duration("threatq-latency"), TokenLifetime: s.duration("threatq-token-lifetime"),
+		ErrorRate: s.float("threatq-error-rate", 0), MaxPageSize: s.integer("threatq-max-page-size", 1),
+	}
+	n := s.integer("sample", 0)
+	if err := s.err(); err != nil {
+		return usageErr("%w", err)
+	}
+	sm, err := serveSims(s.str("triage-addr"), s.str("threatq-addr"), to, qo, log)
+	if err != nil {
+		return err
+	}
+	defer sm.close()
+	if n > 0 {
+		if err := sm.seedSample(n); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "Triage simulator   %s  (TRIAGE_CLIENT_ID=%s TRIAGE_CLIENT_SECRET=%s)\n", sm.triageURL, triagesim.DefaultClientID, triagesim.DefaultClientSecret)
+	fmt.Fprintf(stdout, "ThreatQ simulator  %s  (THREATQ_CLIENT_ID=%s THREATQ_CLIENT_SECRET=%s)\n", sm.threatqURL, threatqsim.DefaultClientID, threatqsim.DefaultClientSecret)
+	if n > 0 {
+		fmt.Fprintf(stdout, "sample collection  %s (%d indicators)\n", sample.CollectionHash, n)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	s := newSettings("demo", "demo [flags]")
+	s.add("size", "DEMO_SIZE", "300", "indicators in the sample collection")
+	s.add("triage-latency", "DEMO_TRIAGE_LATENCY", "20ms", "how long the Triage simulator takes to answer")
+	s.add("log-level", "LOG_LEVEL", "warn", "log level: debug, info, warn, error")
+	s.add("log-format", "LOG_FORMAT", "console", "log format: json or console")
+	if err := s.parse(args); err != nil {
+		return usageErr("%w", err)
+	}
+	log, err := newLogger(s, stderr)
+	if err != nil {
+		return usageErr("%w", err)
+	}
+	size := s.integer("size", 20)
+	latency := s.duration("triage-latency")
+	if err := s.err(); err != nil {
+		return usageErr("%w", err)
+	}
+
+	sm, err := serveSims("127.0.0.1:0", "127.0.0.1:0", triagesim.Options{Latency: latency, LatencyJitter: latency / 2}, threatqsim.Options{}, log)
+	if err != nil {
+		return err
+	}
+	defer sm.close()
+	if err := sm.seedSample(size); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "tqtriage-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats")})
+	if err != nil {
+		return err
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	b, err := bus.Connect(ctx, bus.Config{InProcess: srv, Name: "tqtriage-demo"}, log)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
+	tc, _, err := pipeline.NewTriage(ctx, pipeline.TriageSettings{BaseURL: sm.triageURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(worker.Config{}, tc, b, log, nil)
+	if err != nil {
+		return err
+	}
+	tq, err := pipeline.NewThreatQ(ctx, pipeline.ThreatQSettings{BaseURL: sm.threatqURL, ClientID: threatqsim.DefaultClientID, ClientSecret: threatqsim.DefaultClientSecret}, retry.None)
+	if err != nil {
+		return err
+	}
+	once := pipeline.Once{Bus: b, Worker: w, Writer: writeback.New(writeback.Config{}, tq, b, log, nil), WorkerConcurrency: 16, WritebackConcurrency: 8, Log: log}
+
+	fmt.Fprintf(stdout, "tqtriage demo: a ThreatQ collection of %d indicators (%q) goes to Cofense Triage.\n", size, sample.CollectionName)
+	fmt.Fprintf(stdout, "Simulators: Triage at %s (8 of the indicators already there), ThreatQ at %s; NATS JetStream embedded.\n\n", sm.triageURL, sm.threatqURL)
+	failed := false
+	for _, step := range []struct {
+		title string
+		opts  publish.Options
+	}{
+		{"1. create: every valid indicator becomes a Triage threat indicator (Malicious)", publish.Options{Action: message.ActionCreate}},
+		{"2. update: the same collection again, now Suspicious; the ThreatQ attributes change in place", publish.Options{Action: message.ActionUpdate, ThreatLevel: "Suspicious"}},
+	} {
+		fmt.Fprintln(stdout, step.title)
+		step.opts.Source = "collection " + sample.CollectionHash
+		step.opts.SourceName = sample.CollectionName
+		out, err := once.Run(ctx, step.opts, publish.FromCollection(ctx, tq, sample.CollectionHash, 100), publish.WaitOptions{Out: stderr, Terminal: isTerminal(stderr)})
+		if out.Tally != nil {
+			printOutcome(stdout, out)
+		}
+		if err != nil {
+			return err
+		}
+		failed = failed || out.Failed()
+		fmt.Fprintln(stdout)
+	}
+	id := int64(0)
+	if ids := sm.threatq.AllAttributes(); len(ids) > 0 {
+		for k := range ids {
+			if id == 0 || k < id {
+				id = k
+			}
+		}
+		fmt.Fprintf(stdout, "ThreatQ indicator %d now carries:\n", id)
+		for _, a := range sm.threatq.Attributes(id) {
+			fmt.Fprintf(stdout, "  %-14s %s\n", a.Name, a.Value)
+		}
+	}
+	fmt.Fprintf(stdout, "Triage holds %d threat indicators.\n", sm.triage.Len())
+	if failed {
+		return errSilent
+	}
+	return nil
+}

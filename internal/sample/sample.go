@@ -1,0 +1,77 @@
+// Package sample is the demo's data: a ThreatQ data collection of all four
+// supported types with a few invalid and unsupported indicators among them,
+// and a few of its indicators already in Triage. `demo` and `sim` seed the
+// simulators with it; it is deterministic, so a demo reads the same each time.
+package sample
+
+import (
+	"crypto/md5"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/tqtriage/tqtriage/threatq/threatqsim"
+	"github.com/tqtriage/tqtriage/triage/triagesim"
+)
+
+// The sample collection's hash and name.
+const (
+	CollectionHash = "5a3d1c0e9f2b4d6a8c7e0f1a2b3c4d5e"
+	CollectionName = "Phishing campaign indicators (sample)"
+)
+
+// Indicators returns n sample indicators (at least 20): MD5, SHA-256, URL
+// and FQDN in turn, with a handful that the service must answer invalid
+// (a short hash, a URL without a scheme, a host with a space) or
+// unsupported (an IP address, an email address).
+func Indicators(n int) []threatqsim.SeedIndicator {
+	n = max(n, 20)
+	out := make([]threatqsim.SeedIndicator, 0, n)
+	bad := []threatqsim.SeedIndicator{
+		{Type: "MD5", Value: "d41d8cd98f00b204e9800998ecf842"},        // 30 digits
+		{Type: "SHA-256", Value: "not-a-sha256-value"},                // not hex
+		{Type: "URL", Value: "login-update.example.net/verify"},       // no scheme
+		{Type: "FQDN", Value: "mail server.example.org"},              // a space
+		{Type: "IP Address", Value: "198.51.100.23"},                  // unsupported type
+		{Type: "Email Address", Value: "billing@invoice-example.com"}, // unsupported type
+	}
+	for i := 0; len(out) < n; i++ {
+		if i%50 == 7 && len(bad) > 0 {
+			out = append(out, bad[0])
+			bad = bad[1:]
+			continue
+		}
+		typ, value := valid(i)
+		out = append(out, threatqsim.SeedIndicator{Type: typ, Value: value, Score: i % 10})
+	}
+	return out
+}
+
+// valid returns the i-th valid sample indicator.
+func valid(i int) (string, string) {
+	switch i % 4 {
+	case 0:
+		h := md5.Sum([]byte(fmt.Sprintf("sample attachment %d", i)))
+		return "MD5", hex.EncodeToString(h[:])
+	case 1:
+		h := sha256.Sum256([]byte(fmt.Sprintf("sample payload %d", i)))
+		return "SHA-256", hex.EncodeToString(h[:])
+	case 2:
+		return "URL", fmt.Sprintf("https://secure-login-%d.example.com/account/verify?id=%d", i/4, i)
+	default:
+		return "FQDN", fmt.Sprintf("invoice-%d.phish.example.net", i/4)
+	}
+}
+
+// InTriage returns the sample indicators that Triage already holds: the
+// first two of each type, as Triage spells the type, with another source,
+// so that a create answers exists for them.
+func InTriage() []triagesim.Indicator {
+	triageType := map[string]string{"MD5": "MD5", "SHA-256": "SHA256", "URL": "URL", "FQDN": "Hostname"}
+	var out []triagesim.Indicator
+	for i := 0; i < 8; i++ {
+		typ, value := valid(i)
+		out = append(out, triagesim.Indicator{ThreatLevel: "Suspicious", ThreatType: triageType[typ], ThreatValue: value, ThreatSource: "Triage-UI"})
+	}
+	return out
+}

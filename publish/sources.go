@@ -1,0 +1,60 @@
+package publish
+
+import (
+	"context"
+	"errors"
+	"io"
+	"iter"
+
+	"github.com/tqtriage/tqtriage/message"
+	"github.com/tqtriage/tqtriage/threatq"
+	"github.com/tqtriage/tqtriage/threatq/export"
+)
+
+// Collection is what FromCollection needs of the ThreatQ client.
+type Collection interface {
+	CollectionIndicators(ctx context.Context, hash string, pageSize int) iter.Seq2[threatq.Indicator, error]
+}
+
+// FromCollection yields the indicators of a ThreatQ data collection, page
+// by page as the client reads them. A read error ends the source.
+func FromCollection(ctx context.Context, c Collection, hash string, pageSize int) iter.Seq[Item] {
+	return func(yield func(Item) bool) {
+		for ind, err := range c.CollectionIndicators(ctx, hash, pageSize) {
+			if err != nil {
+				yield(Item{Err: err})
+				return
+			}
+			if !yield(Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}}) {
+				return
+			}
+		}
+	}
+}
+
+// FromExport yields the indicators of an export file; a bad line is an
+// item to skip (reported with its line number), not the end of the file.
+func FromExport(r *export.Reader) iter.Seq[Item] {
+	return func(yield func(Item) bool) {
+		for {
+			ind, err := r.Next()
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			var le *export.LineError
+			if errors.As(err, &le) {
+				if !yield(Item{Err: err, Skip: true}) {
+					return
+				}
+				continue
+			}
+			if err != nil {
+				yield(Item{Err: err})
+				return
+			}
+			if !yield(Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}}) {
+				return
+			}
+		}
+	}
+}
