@@ -23,7 +23,7 @@ type Tally struct {
 	noSeq    map[int64]uint8
 	counts   [8]int
 	done     int
-	unread   int            // results that did not parse
+	unread   int // results that did not parse
 	examples map[message.Status][]message.Result
 	// LastStreamSeq is the highest results-stream sequence seen.
 	LastStreamSeq uint64

@@ -289,7 +289,7 @@ func (w *Worker) create(ctx context.Context, ind mapping.Indicator, level, sourc
 // retryable marks an error of the worker's own as worth another try.
 type retryable struct{ error }
 
-func (retryable) Retryable() bool  { return true }
+func (retryable) Retryable() bool { return true }
 func (e retryable) Unwrap() error { return e.error }
 
 // retryOrFail turns an error into a delayed redelivery while deliveries
