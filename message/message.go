@@ -115,7 +115,10 @@ type Result struct {
 	Reason     string           `json:"reason"`
 	Triage     *TriageIndicator `json:"triage,omitempty"`
 	Attributes []Attribute      `json:"attributes,omitempty"`
-	Attempts   int              `json:"attempts"`
+	// Attempts is how many times the job was delivered to a worker when
+	// it was answered (each delivery tries Triage a few times, with
+	// backoff); 0 when it never reached Triage (invalid, skipped).
+	Attempts int `json:"attempts"`
 }
 
 // JobSubject is the subject a job of action is published on.

@@ -193,13 +193,13 @@ func (w *Worker) process(ctx context.Context, job message.Job, deliveries int) o
 		// Delivered past the limit without an answer (a worker died
 		// on it each time): stop here rather than call Triage again.
 		r := message.NewResult(job, message.StatusFailed, fmt.Sprintf("delivered %d times without an answer (limit %d)", deliveries, w.cfg.MaxDeliver))
-		r.Attempts = deliveries - 1
+		r.Attempts = deliveries
 		return outcome{result: &r, deadLetter: r.Reason}
 	}
 
 	adm, err := w.bus.Claim(ctx, job.RunID, bus.ClaimKey(ind.ThreatType, ind.ThreatValue), w.cfg.ObjectsPerRun)
 	if err != nil {
-		return w.retryOrFail(ctx, job, deliveries, 0, fmt.Errorf("objects-per-run admission: %w", err))
+		return w.retryOrFail(ctx, job, deliveries, fmt.Errorf("objects-per-run admission: %w", err))
 	}
 	if !adm.Admitted {
 		return w.final(job, message.StatusSkipped,
@@ -210,7 +210,7 @@ func (w *Worker) process(ctx context.Context, job message.Job, deliveries int) o
 		status message.Status
 		found  *triage.Indicator
 	)
-	tries, err := retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
+	_, err = retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
 		var err error
 		status, found, err = w.call(ctx, job, ind, level, source)
 		return err
@@ -221,10 +221,10 @@ func (w *Worker) process(ctx context.Context, job message.Job, deliveries int) o
 		}
 	})
 	if err != nil {
-		return w.retryOrFail(ctx, job, deliveries, tries, err)
+		return w.retryOrFail(ctx, job, deliveries, err)
 	}
 	r := message.NewResult(job, status, "")
-	r.Attempts = deliveries - 1 + tries
+	r.Attempts = deliveries
 	if found != nil {
 		r.Triage = triageView(found)
 		switch status {
@@ -294,7 +294,7 @@ func (e retryable) Unwrap() error { return e.error }
 
 // retryOrFail turns an error into a delayed redelivery while deliveries
 // remain and the error may pass, and into a failed result otherwise.
-func (w *Worker) retryOrFail(ctx context.Context, job message.Job, deliveries, tries int, err error) outcome {
+func (w *Worker) retryOrFail(ctx context.Context, job message.Job, deliveries int, err error) outcome {
 	if ctx.Err() != nil {
 		return outcome{handBack: true}
 	}
@@ -312,7 +312,7 @@ func (w *Worker) retryOrFail(ctx context.Context, job message.Job, deliveries, t
 		reason = fmt.Sprintf("gave up after %d deliveries: %s", deliveries, reason)
 	}
 	r := message.NewResult(job, message.StatusFailed, reason)
-	r.Attempts = deliveries - 1 + tries
+	r.Attempts = deliveries
 	return outcome{result: &r, deadLetter: reason}
 }
 
