@@ -18,8 +18,15 @@ vet:
 test: vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
+# The whole flow against local simulators: no account, no server needed.
+demo: build
+	./$(BIN) demo
+
+# Benchmarks print their own figures (jobs/s against the bound Triage
+# sets, CPU per job); compare ratios within one run on a shared machine.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1x -count 1 ./integration
+	$(GO) test -run '^$$' -bench . -benchmem ./bus ./triage
 
 fuzz:
 	@set -e; for pkg in $$($(GO) list $(PKGS)); do \

@@ -219,16 +219,18 @@ func (b *Bus) ensureTopology(ctx context.Context) error {
 		return err
 	}
 	if b.claims, err = b.stream(ctx, jetstream.StreamConfig{
-		Name:               StreamClaims,
-		Description:        "tqtriage objects-per-run admissions: a count per run and a claim per distinct indicator",
-		Subjects:           []string{claimsPrefix + ">"},
-		Retention:          jetstream.LimitsPolicy,
-		Storage:            jetstream.FileStorage,
-		Replicas:           c.Replicas,
-		MaxAge:             c.ClaimsMaxAge,
-		MaxMsgsPerSubject:  1,
-		AllowDirect:        true,
-		AllowAtomicPublish: true,
+		Name:              StreamClaims,
+		Description:       "tqtriage objects-per-run admissions: a count per run and a claim per distinct indicator",
+		Subjects:          []string{claimsPrefix + ">"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          c.Replicas,
+		MaxAge:            c.ClaimsMaxAge,
+		MaxMsgsPerSubject: 1,
+		AllowDirect:       true,
+		// Long enough to cover a redelivery after a worker died between
+		// counting a key and storing its claim.
+		Duplicates: c.DuplicateWindow,
 	}); err != nil {
 		return err
 	}

@@ -121,3 +121,27 @@ func TestClaimRunsAreIndependent(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimAfterAWorkerDiedBetweenCountAndClaim: a worker counted a key,
+// then died before storing its claim; the redelivered job's claim is
+// admitted again without counting the key twice.
+func TestClaimAfterAWorkerDiedBetweenCountAndClaim(t *testing.T) {
+	b := connect(t, startServer(t))
+	ctx := context.Background()
+	key := ClaimKey("MD5", "died")
+	if _, err := b.countOne(ctx, "run-died", claimsPrefix+"run-died.n", 0, 1, key); err != nil {
+		t.Fatal(err)
+	}
+	a, err := b.Claim(ctx, "run-died", key, 2)
+	if err != nil || !a.Admitted || !a.Again {
+		t.Fatalf("claim after the crash = %+v, %v; want admitted again", a, err)
+	}
+	other, err := b.Claim(ctx, "run-died", ClaimKey("MD5", "other"), 2)
+	if err != nil || !other.Admitted || other.Slot != 2 {
+		t.Fatalf("next key = %+v, %v; want admitted in slot 2 (the crashed key counted once)", other, err)
+	}
+	third, err := b.Claim(ctx, "run-died", ClaimKey("MD5", "third"), 2)
+	if err != nil || third.Admitted {
+		t.Fatalf("third key = %+v, %v; want refused at the limit of 2", third, err)
+	}
+}

@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nuid"
 )
 
 // Admission is what Claim decided for one indicator of a run.
@@ -37,16 +37,25 @@ func ClaimKey(triageType, value string) string {
 
 // Claim admits the indicator key into run runID unless limit indicators of
 // the run are admitted already. It is exact across any number of processes
-// and redeliveries: the run's count and the indicators' claims are written
-// together in one atomic batch, conditional on the count not having moved
-// and no claim existing (compare-and-set on the stream's last sequence per
-// subject). A repeated claim of an admitted key answers Admitted and Again.
+// and redeliveries:
 //
-// Claims of one run made at the same time in this process are committed
-// together (group commit): one caller leads and writes the batch for all
-// that queued meanwhile, so the cost of a commit, a staged write on the
-// server, is shared, and the callers of one process never contend with each
-// other for the run's count.
+//   - The run's count is one subject, advanced by compare-and-set (the
+//     stream's expected last sequence per subject): one admission, one
+//     message, so no two processes can take the same place.
+//   - Each count message carries a Nats-Msg-Id naming the run and key, so
+//     a second admission of a key within the duplicate window is refused
+//     by the server as a duplicate, whatever happened in between (a worker
+//     that died right after counting).
+//   - After counting, the key's claim is stored on a subject of its own, so
+//     that an admitted key is recognised at any later time (a replayed dead
+//     letter) by one lookup.
+//
+// A repeated claim of an admitted key answers Admitted and Again.
+//
+// Claims of one run made at the same time in this process are decided by
+// one caller for all (group commit): the callers of one process never
+// contend with each other for the run's count, and the lookups and claim
+// writes of a group go out together.
 func (b *Bus) Claim(ctx context.Context, runID, key string, limit int) (Admission, error) {
 	if limit <= 0 {
 		return Admission{}, errors.New("claim: the objects-per-run limit must be positive")
@@ -89,8 +98,7 @@ type claimAnswer struct {
 
 type claimQueue struct{ pending []*claimRequest }
 
-// maxClaimBatch keeps a commit well under the server's limit of 1000
-// messages in an atomic batch.
+// maxClaimBatch bounds the claims decided in one group.
 const maxClaimBatch = 256
 
 // leadClaims commits the queue's claims, batch after batch, until the
@@ -123,70 +131,94 @@ func (b *Bus) leadClaims(qk string, q *claimQueue, runID string, limit int) {
 	}
 }
 
-// claimAll decides the claims of distinct keys in reqs.
+// claimAll decides the claims of the distinct keys in reqs.
 func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, limit int) (map[string]Admission, error) {
 	answers := make(map[string]Admission, len(reqs))
-	var todo []string
+	var keys []string
 	for _, r := range reqs {
 		if _, dup := answers[r.key]; !dup {
 			answers[r.key] = Admission{}
-			todo = append(todo, r.key)
+			keys = append(keys, r.key)
 		}
+	}
+	todo, err := b.checkClaims(ctx, runID, keys, answers)
+	if err != nil {
+		return nil, err
 	}
 	countSubj := claimsPrefix + runID + ".n"
-	checked := false // todo holds only keys found unclaimed since the count was last read
-	var lastSeq uint64
-	for attempt := 0; ; attempt++ {
-		if attempt > 200 {
-			return nil, fmt.Errorf("still conflicting after %d attempts", attempt)
-		}
-		count, countSeq, err := b.readCount(ctx, countSubj)
-		if err != nil {
-			return nil, err
-		}
-		if attempt > 0 && countSeq == lastSeq {
-			// The commit failed though the count did not move: a key
-			// was claimed (a redelivery, or another replica).
-			checked = false
-		}
-		lastSeq = countSeq
-		if !checked && (count+len(todo) > limit || attempt > 0) {
-			// Near the limit (or after a conflict) an already admitted
-			// key must be told apart from a new one before any is
-			// refused: look each up.
-			if todo, err = b.checkClaims(ctx, runID, todo, answers); err != nil {
+	count, countSeq, err := b.readCount(ctx, countSubj)
+	if err != nil {
+		return nil, err
+	}
+	var marks []jetstream.PubAckFuture
+	for _, k := range todo {
+		for attempt := 0; ; attempt++ {
+			if count >= limit {
+				answers[k] = Admission{Count: count}
+				break
+			}
+			ack, err := b.countOne(ctx, runID, countSubj, countSeq, count+1, k)
+			if err == nil {
+				if ack.Duplicate {
+					// Counted before (by a worker that died before
+					// storing its claim): admitted then, not again now.
+					answers[k] = Admission{Admitted: true, Again: true, Count: count}
+				} else {
+					count, countSeq = count+1, ack.Sequence
+					answers[k] = Admission{Admitted: true, Slot: count, Count: count}
+				}
+				f, err := b.PublishAsync(claimsPrefix+runID+".k."+k, "", []byte(strconv.Itoa(answers[k].Slot)), nil)
+				if err != nil {
+					return nil, fmt.Errorf("store claim: %w", err)
+				}
+				marks = append(marks, f)
+				break
+			}
+			if !isWrongLastSequence(err) {
 				return nil, err
 			}
-			checked = true
-		}
-		n := min(len(todo), limit-count)
-		if n <= 0 {
-			for _, k := range todo {
-				answers[k] = Admission{Count: count}
+			if attempt > 1000 {
+				return nil, fmt.Errorf("still conflicting after %d attempts", attempt)
 			}
-			return answers, nil
-		}
-		err = b.claimBatch(ctx, runID, countSubj, countSeq, count, todo[:n])
-		if err == nil {
-			for i, k := range todo[:n] {
-				answers[k] = Admission{Admitted: true, Slot: count + 1 + i, Count: count + n}
+			// Another replica counted first: read the count again, a
+			// little later each time so replicas do not retry in
+			// lockstep.
+			if attempt > 0 {
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(time.Duration(rand.Int64N(int64(100*time.Microsecond) * int64(min(attempt, 20))))):
+				}
 			}
-			for _, k := range todo[n:] {
-				answers[k] = Admission{Count: count + n}
+			if count, countSeq, err = b.readCount(ctx, countSubj); err != nil {
+				return nil, err
 			}
-			return answers, nil
-		}
-		if !isWrongLastSequence(err) {
-			return nil, err
-		}
-		// Another replica moved first: try again, a little later each
-		// time so that replicas do not retry in lockstep.
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Duration(rand.Int64N(int64(time.Millisecond) * int64(min(attempt+1, 10))))):
 		}
 	}
+	// A job goes to Triage only once its claim is stored.
+	for _, f := range marks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return nil, fmt.Errorf("store claim: %w", err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return answers, nil
+}
+
+// countOne advances the run's count from countSeq to slot for key.
+func (b *Bus) countOne(ctx context.Context, runID, countSubj string, countSeq uint64, slot int, key string) (*jetstream.PubAck, error) {
+	m := nats.NewMsg(countSubj)
+	m.Data = []byte(strconv.Itoa(slot) + " " + key)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(countSeq, 10))
+	m.Header.Set(jetstream.MsgIDHeader, "claim/"+runID+"/"+key)
+	ack, err := b.js.PublishMsg(ctx, m)
+	if err != nil {
+		return nil, fmt.Errorf("count: %w", err)
+	}
+	return ack, nil
 }
 
 func (b *Bus) readCount(ctx context.Context, countSubj string) (int, uint64, error) {
@@ -197,7 +229,8 @@ func (b *Bus) readCount(ctx context.Context, countSubj string) (int, uint64, err
 	if err != nil {
 		return 0, 0, fmt.Errorf("read count: %w", err)
 	}
-	n, err := strconv.Atoi(string(m.Data))
+	slot, _, _ := strings.Cut(string(m.Data), " ")
+	n, err := strconv.Atoi(slot)
 	if err != nil {
 		return 0, 0, fmt.Errorf("count %q of %s is not a number", m.Data, countSubj)
 	}
@@ -244,40 +277,4 @@ func (b *Bus) checkClaims(ctx context.Context, runID string, keys []string, answ
 		}
 	}
 	return rest, nil
-}
-
-// claimBatch writes the new count and the keys' claims as one atomic
-// batch: all or none. The count must still be at countSeq and no key may
-// have a claim.
-func (b *Bus) claimBatch(ctx context.Context, runID, countSubj string, countSeq uint64, count int, keys []string) error {
-	id := nuid.Next()
-	msg := func(subj string, seq int, data string) *nats.Msg {
-		m := nats.NewMsg(subj)
-		m.Data = []byte(data)
-		m.Header.Set("Nats-Batch-Id", id)
-		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(seq))
-		return m
-	}
-	first := msg(countSubj, 1, strconv.Itoa(count+len(keys)))
-	first.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(countSeq, 10))
-	if err := b.nc.PublishMsg(first); err != nil {
-		return fmt.Errorf("publish count: %w", err)
-	}
-	for i, k := range keys {
-		m := msg(claimsPrefix+runID+".k."+k, i+2, strconv.Itoa(count+1+i))
-		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
-		if i < len(keys)-1 {
-			if err := b.nc.PublishMsg(m); err != nil {
-				return fmt.Errorf("publish claim: %w", err)
-			}
-			continue
-		}
-		m.Header.Set("Nats-Batch-Commit", "1")
-		resp, err := b.nc.RequestMsgWithContext(ctx, m)
-		if err != nil {
-			return fmt.Errorf("commit claims: %w", err)
-		}
-		return pubAckError(resp.Data)
-	}
-	return nil
 }
