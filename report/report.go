@@ -81,6 +81,20 @@ func (t *Tally) Add(r message.Result, streamSeq uint64) {
 	}
 }
 
+// latest is the latest status of r's job.
+func (t *Tally) latest(r message.Result) message.Status {
+	var idx uint8
+	if r.Seq > 0 && int(r.Seq) <= len(t.bySeq) {
+		idx = t.bySeq[r.Seq-1]
+	} else if r.Seq == 0 {
+		idx = t.noSeq[r.Indicator.ID]
+	}
+	if idx == 0 {
+		return ""
+	}
+	return message.Statuses[idx-1]
+}
+
 // AddUnreadable counts a stored result that could not be parsed.
 func (t *Tally) AddUnreadable() { t.unread++ }
 
@@ -162,8 +176,17 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 		if len(ex) == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "  %s, for example:\n", s)
+		var still []message.Result
 		for _, r := range ex {
+			if t.latest(r) == s { // not since answered otherwise (a replay)
+				still = append(still, r)
+			}
+		}
+		if len(still) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "  %s, for example:\n", s)
+		for _, r := range still {
 			fmt.Fprintf(w, "    indicator %d (%s %q): %s\n", r.Indicator.ID, r.Indicator.Type, clip(r.Indicator.Value, 80), r.Reason)
 		}
 	}

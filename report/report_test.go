@@ -30,6 +30,9 @@ func TestTallyCountsEachJobOnceWithItsLatestStatus(t *testing.T) {
 	}
 	var b bytes.Buffer
 	tl.Summary(&b, "create run r1", 5)
+	if strings.Contains(b.String(), "failed") {
+		t.Errorf("summary shows a failure that a replay has since answered:\n%s", b.String())
+	}
 	for _, want := range []string{"create run r1", "created     2", "invalid, for example:", "indicator 99 (MD5 \"x\"): because"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, b.String())
