@@ -285,7 +285,7 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 			Method:          method,
 			Path:            path,
 			Messages:        c.mask(ParseErrorBody(b)),
-			RetryAfterDelay: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+			RetryAfterDelay: httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 		return e
 	}

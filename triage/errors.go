@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tqtriage/tqtriage/internal/httpclient"
 )
 
 // Kind says what went wrong with a call, in terms a caller can act on.
@@ -183,10 +185,10 @@ func CheckResponse(resp *http.Response, body []byte, method, path string) error 
 		e.Kind = KindValidation
 	case code == http.StatusTooManyRequests:
 		e.Kind = KindRateLimited
-		e.RetryAfterDelay = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		e.RetryAfterDelay = httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	case code >= 500 && code <= 599:
 		e.Kind = KindServer
-		e.RetryAfterDelay = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		e.RetryAfterDelay = httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	case code >= 400 && code <= 499:
 		e.Kind = KindClient
 	default:
@@ -304,26 +306,4 @@ func clip(s string) string {
 		cut--
 	}
 	return s[:cut] + "…"
-}
-
-// parseRetryAfter reads Retry-After as delay-seconds or an HTTP date
-// (RFC 9110 10.2.3). Anything else, or a moment already past, is 0.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		const maxSecs = int64(1<<63-1) / int64(time.Second)
-		if secs <= 0 {
-			return 0
-		}
-		return time.Duration(min(secs, maxSecs)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d
-		}
-	}
-	return 0
 }

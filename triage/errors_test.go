@@ -130,32 +130,6 @@ func TestErrorMessagesAreBounded(t *testing.T) {
 	}
 }
 
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	cases := []struct {
-		in   string
-		want time.Duration
-	}{
-		{"", 0},
-		{"0", 0},
-		{"-3", 0},
-		{"120", 2 * time.Minute},
-		{" 5 ", 5 * time.Second},
-		{"99999999999999999", time.Duration(1<<63-1) / time.Second * time.Second},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
-		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
-		{"Fri, 02 Jan 2026 03:05:05 GMT", time.Minute},
-		{"Friday, 02-Jan-26 03:05:05 GMT", time.Minute}, // RFC 850, still accepted
-		{"soon", 0},
-		{"1.5", 0},
-	}
-	for _, tc := range cases {
-		if got := parseRetryAfter(tc.in, now); got != tc.want {
-			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestResourceIndicator(t *testing.T) {
 	r := Resource{ID: "7", Type: ResourceType, Attributes: Attributes{
 		ThreatLevel: "Benign", CreatedAt: "2021-05-14T07:24:48.886Z", UpdatedAt: "",

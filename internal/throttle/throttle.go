@@ -10,11 +10,12 @@ package throttle
 import (
 	"context"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/tqtriage/tqtriage/internal/httpclient"
 )
 
 // DefaultPause is how long requests pause after a 429 without Retry-After.
@@ -83,7 +84,7 @@ func (t *Throttle) Observe(resp *http.Response) {
 	}
 	t.throttled++
 	t.last429 = now
-	pause := RetryAfter(resp.Header.Get("Retry-After"), now)
+	pause := httpclient.RetryAfter(resp.Header.Get("Retry-After"), now)
 	if pause <= 0 {
 		pause = DefaultPause
 	}
@@ -108,23 +109,6 @@ func (t *Throttle) Limit() float64 {
 		return 0
 	}
 	return float64(t.lim.Limit())
-}
-
-// RetryAfter parses a Retry-After value: seconds or an HTTP date.
-func RetryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(v); err == nil {
-		if s < 0 {
-			return 0
-		}
-		return time.Duration(s) * time.Second
-	}
-	if at, err := http.ParseTime(v); err == nil {
-		return at.Sub(now)
-	}
-	return 0
 }
 
 // Transport wraps base so that every request waits on t and every response

@@ -67,15 +67,3 @@ func TestWaitEndsWithContext(t *testing.T) {
 		t.Fatal("Wait returned during a 60s pause")
 	}
 }
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	for v, want := range map[string]time.Duration{
-		"": 0, "7": 7 * time.Second, "-1": 0, "soon": 0,
-		"Fri, 27 Nov 2026 10:00:30 GMT": 30 * time.Second,
-	} {
-		if got := RetryAfter(v, now); got != want {
-			t.Errorf("RetryAfter(%q) = %v; want %v", v, got, want)
-		}
-	}
-}
