@@ -22,7 +22,10 @@ type Run struct {
 	Upsert     bool      `json:"upsert,omitempty"`
 	StartedAt  time.Time `json:"started_at"`
 	// Total is the number of jobs, known once publishing ends (Published).
-	Total     int64      `json:"total"`
+	Total int64 `json:"total"`
+	// MaxSeq is the highest seq given to a job: a resumed run numbers
+	// its new jobs after it.
+	MaxSeq    int64      `json:"max_seq,omitempty"`
 	Published bool       `json:"published"`
 	EndedAt   *time.Time `json:"published_at,omitempty"`
 	// Rejected counts input lines or indicators that could not become a

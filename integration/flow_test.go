@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"context"
+	"errors"
 	"testing"
 
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/message"
+	"github.com/tqtriage/tqtriage/pipeline"
 	"github.com/tqtriage/tqtriage/publish"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 )
@@ -145,6 +148,47 @@ func TestInvalidAndUnsupportedAreAnsweredInvalidAndNeverSent(t *testing.T) {
 		}
 		if got := e.threatq.Attributes(id); len(got) != 0 {
 			t.Fatalf("indicator %d: invalid but attributes written: %+v", id, got)
+		}
+	}
+}
+
+// TestResumedRunQueuesEachIndicatorOnce: publishing stops half way (the
+// source fails); publishing again with the same run id queues only the
+// rest, and the run ends with one result per indicator.
+func TestResumedRunQueuesEachIndicatorOnce(t *testing.T) {
+	e := newEnv(t)
+	b := e.bus()
+	w := e.worker(b, workerConfig())
+	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, 8) })
+	inds := sampleIndicators("resume", 10)
+	source := func(upTo int, fail bool) func(func(publish.Item) bool) {
+		return func(yield func(publish.Item) bool) {
+			for i, s := range inds[:upTo] {
+				if !yield(publish.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: s.Type, Value: s.Value}}) {
+					return
+				}
+			}
+			if fail {
+				yield(publish.Item{Err: errors.New("ThreatQ went away")})
+			}
+		}
+	}
+	opts := publish.Options{RunID: "resume-run", Action: message.ActionCreate}
+	first, err := publish.Publish(context.Background(), b, opts, source(6, true), e.log)
+	if err == nil || first.Total != 6 || first.Error == "" {
+		t.Fatalf("first publish: %+v, %v; want 6 jobs and the source's error recorded", first, err)
+	}
+	second, err := publish.Publish(context.Background(), b, opts, source(10, false), e.log)
+	if err != nil || second.Total != 10 || second.MaxSeq != 16 {
+		t.Fatalf("resumed publish: %+v, %v; want a total of 10", second, err)
+	}
+	tally, _, err := publish.Wait(context.Background(), b, "resume-run", publish.WaitOptions{})
+	if err != nil || tally.Done() != 10 || tally.Count(message.StatusCreated) != 10 {
+		t.Fatalf("wait: %v, %s", err, tally.Line(10))
+	}
+	for id, rs := range results(t, b, "resume-run") {
+		if len(rs) != 1 {
+			t.Fatalf("indicator %d has %d results", id, len(rs))
 		}
 	}
 }

@@ -33,6 +33,7 @@ type Bus interface {
 	PublishAsync(subject, msgID string, data []byte, hdr nats.Header) (jetstream.PubAckFuture, error)
 	Publish(ctx context.Context, subject, msgID string, data []byte, hdr nats.Header) (*jetstream.PubAck, error)
 	PutRun(ctx context.Context, r bus.Run) error
+	GetRun(ctx context.Context, id string) (bus.Run, error)
 }
 
 // Options describe one run.
@@ -81,6 +82,19 @@ func Publish(ctx context.Context, b Bus, o Options, items iter.Seq[Item], log ze
 		o.MaxInFlight = 1024
 	}
 	run := bus.Run{ID: o.RunID, Action: o.Action, Source: o.Source, SourceName: o.SourceName, Upsert: o.Upsert, StartedAt: time.Now().UTC()}
+	// Resuming a run: the jobs it already has are dropped as repeats by
+	// the stream; new ones are numbered after them and added to its total.
+	var base bus.Run
+	if prev, err := b.GetRun(ctx, o.RunID); err == nil {
+		if prev.Action != o.Action {
+			return prev, fmt.Errorf("publish: run %s is a %s run; cannot resume it as %s", o.RunID, prev.Action, o.Action)
+		}
+		base = prev
+		run.StartedAt = prev.StartedAt
+	} else if !errors.Is(err, bus.ErrRunNotFound) {
+		return run, err
+	}
+	run.Total, run.MaxSeq = base.Total, base.MaxSeq
 	if err := b.PutRun(ctx, run); err != nil {
 		return run, err
 	}
@@ -125,7 +139,7 @@ func Publish(ctx context.Context, b Bus, o Options, items iter.Seq[Item], log ze
 	}()
 
 	var (
-		seq      int64
+		seq      = base.MaxSeq
 		rejected int64
 		srcErr   error
 	)
@@ -173,7 +187,9 @@ func Publish(ctx context.Context, b Bus, o Options, items iter.Seq[Item], log ze
 	pubErr := <-collectErr
 
 	now := time.Now().UTC()
-	run.Total, run.Rejected, run.EndedAt = stored, rejected+dups, &now
+	// Repeats of jobs the run had before resuming are not rejections.
+	dups = max(0, dups-base.Total)
+	run.Total, run.MaxSeq, run.Rejected, run.EndedAt = base.Total+stored, seq, base.Rejected+rejected+dups, &now
 	run.Published = true
 	err := errors.Join(srcErr, pubErr)
 	if err != nil {
