@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"iter"
@@ -24,8 +25,8 @@ import (
 
 const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 
-func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
-	s := newSettings("worker", "worker [flags]")
+func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	s := newSettings("worker", "worker [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addTriage(s)
 	addHTTP(s, ":8080")
@@ -62,8 +63,8 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-func cmdWriteback(ctx context.Context, args []string, stderr io.Writer) error {
-	s := newSettings("writeback", "writeback [flags]")
+func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	s := newSettings("writeback", "writeback [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addThreatQ(s)
 	addHTTP(s, ":8080")
@@ -183,7 +184,7 @@ func (p *publishSetup) source(ctx context.Context, s *settings, stdin io.Reader)
 }
 
 func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("publish", "publish --action create|update (--collection HASH | --file PATH|-) [--upsert] [--wait] [flags]")
+	s := newSettings("publish", "publish --action create|update (--collection HASH | --file PATH|-) [--upsert] [--wait] [flags]", stdout, stderr)
 	addPublish(s)
 	s.addBool("wait", "", false, "follow the run until every job has a result, then print the summary")
 	addNATS(s, natsURLHelp)
@@ -250,7 +251,7 @@ func runHeader(r bus.Run) string {
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("run", "run --action create|update (--collection HASH | --file PATH|-) [--upsert] [flags]")
+	s := newSettings("run", "run --action create|update (--collection HASH | --file PATH|-) [--upsert] [flags]", stdout, stderr)
 	addPublish(s)
 	addNATS(s, "NATS server (default: an embedded one, its store under --data-dir)")
 	s.add("data-dir", "TQTRIAGE_DATA_DIR", "data", "store of the embedded NATS server")
@@ -356,7 +357,7 @@ func connectOrEmbed(ctx context.Context, s *settings, log zerolog.Logger) (*bus.
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("status", "status RUN_ID [flags]")
+	s := newSettings("status", "status RUN_ID [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addLog(s)
 	if err := s.parse(args); err != nil {
@@ -393,12 +394,21 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
+const dlqUsage = "usage: tqtriage dlq list|replay [--action create|update|writeback|invalid] [flags]"
+
 func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			fmt.Fprintf(stdout, "%s\n\nRun 'tqtriage dlq list -h' or 'tqtriage dlq replay -h' for the flags.\n", dlqUsage)
+			return flag.ErrHelp
+		}
+	}
 	if len(args) == 0 || (args[0] != "list" && args[0] != "replay") {
-		return usageErr("usage: tqtriage dlq list|replay [--action create|update|writeback|invalid]")
+		return usageErr("%s", dlqUsage)
 	}
 	verb := args[0]
-	s := newSettings("dlq "+verb, "dlq "+verb+" [--action A] [flags]")
+	s := newSettings("dlq "+verb, "dlq "+verb+" [--action A] [flags]", stdout, stderr)
 	s.add("action", "", "", "only the dead letters of this action: create, update, writeback (and invalid, for list)")
 	addNATS(s, natsURLHelp)
 	addLog(s)

@@ -79,9 +79,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "worker":
-		return cmdWorker(ctx, rest, stderr)
+		return cmdWorker(ctx, rest, stdout, stderr)
 	case "writeback":
-		return cmdWriteback(ctx, rest, stderr)
+		return cmdWriteback(ctx, rest, stdout, stderr)
 	case "publish":
 		return cmdPublish(ctx, rest, stdout, stderr)
 	case "run":

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -19,17 +20,23 @@ type settings struct {
 	vals     map[string]*setting
 	boolPtrs []boolPtr
 	errs     []error
+	// stdout takes the flag list asked for with -h; stderr takes it with a
+	// usage error.
+	stdout, stderr io.Writer
 }
 
 type setting struct {
 	flag, env, def string
 	val            *string
 	fromEnv        bool
+	// envErr is a bad value of env, an error only if the flag does not
+	// override it.
+	envErr error
 }
 
-func newSettings(name, usage string) *settings {
+func newSettings(name, usage string, stdout, stderr io.Writer) *settings {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	s := &settings{fs: fs, vals: map[string]*setting{}}
+	s := &settings{fs: fs, vals: map[string]*setting{}, stdout: stdout, stderr: stderr}
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: tqtriage %s\n\nFlags (each also read from the environment variable in brackets; a flag wins):\n", usage)
 		fs.PrintDefaults()
@@ -48,6 +55,9 @@ func (s *settings) add(flagName, env, def, help string) {
 		help += " [$" + env + "]"
 	}
 	st.val = s.fs.String(flagName, v, help)
+	// -h shows the built-in default, not the environment's value: that
+	// may hold credentials (nats://user:password@host).
+	s.fs.Lookup(flagName).DefValue = def
 	s.vals[flagName] = st
 }
 
@@ -55,33 +65,54 @@ func (s *settings) add(flagName, env, def, help string) {
 // true/false/1/0 in the environment).
 func (s *settings) addBool(flagName, env string, def bool, help string) {
 	v := def
+	st := &setting{flag: flagName, env: env, val: new(string)}
 	if env != "" {
 		if e, ok := os.LookupEnv(env); ok {
 			b, err := strconv.ParseBool(strings.TrimSpace(e))
 			if err != nil {
-				s.errs = append(s.errs, fmt.Errorf("$%s=%q: want true or false", env, e))
+				// Reported by parse unless the flag is given: a flag wins.
+				st.envErr = fmt.Errorf("--%s ($%s)=%q: want true or false", flagName, env, e)
+				b = def
 			}
-			v = b
+			v, st.fromEnv = b, err == nil
 		}
 		help += " [$" + env + "]"
 	}
 	p := s.fs.Bool(flagName, v, help)
-	str := new(string)
-	s.vals[flagName] = &setting{flag: flagName, env: env, val: str}
-	s.boolPtrs = append(s.boolPtrs, boolPtr{str, p})
+	s.fs.Lookup(flagName).DefValue = strconv.FormatBool(def)
+	s.vals[flagName] = st
+	s.boolPtrs = append(s.boolPtrs, boolPtr{flagName, st.val, p})
 }
 
 type boolPtr struct {
-	str *string
-	b   *bool
+	flag string
+	str  *string
+	b    *bool
 }
 
 func (s *settings) parse(args []string) error {
-	if err := s.fs.Parse(args); err != nil {
+	// The flag package would print a parse error and the flag list itself;
+	// main prints the error, once, and the list goes where it belongs:
+	// standard output when asked for (-h), standard error with a mistake.
+	s.fs.SetOutput(io.Discard)
+	err := s.fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		s.fs.SetOutput(s.stdout)
+		s.fs.Usage()
+		return err
+	case err != nil:
+		s.fs.SetOutput(s.stderr)
+		s.fs.Usage()
 		return err
 	}
+	given := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	for _, bp := range s.boolPtrs {
 		*bp.str = strconv.FormatBool(*bp.b)
+		if st := s.vals[bp.flag]; st.envErr != nil && !given[bp.flag] {
+			s.errs = append(s.errs, st.envErr)
+		}
 	}
 	return errors.Join(s.errs...)
 }

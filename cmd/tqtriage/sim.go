@@ -70,6 +70,23 @@ func (s *sims) close() {
 	}
 }
 
+// sampleInTriage counts the indicators of a sample collection of n that
+// seedSample also puts in Triage: not all of sample.InTriage (an invalid
+// sample indicator takes the place of one of them).
+func sampleInTriage(n int) int {
+	in := map[string]bool{}
+	for _, ind := range sample.Indicators(n) {
+		in[ind.Value] = true
+	}
+	c := 0
+	for _, ind := range sample.InTriage() {
+		if in[ind.ThreatValue] {
+			c++
+		}
+	}
+	return c
+}
+
 // seedSample loads the sample collection into ThreatQ and a few of its
 // indicators into Triage.
 func (s *sims) seedSample(n int) error {
@@ -79,7 +96,7 @@ func (s *sims) seedSample(n int) error {
 }
 
 func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("sim", "sim [flags]")
+	s := newSettings("sim", "sim [flags]", stdout, stderr)
 	s.add("triage-addr", "SIM_TRIAGE_ADDR", "127.0.0.1:8081", "address of the Triage simulator")
 	s.add("threatq-addr", "SIM_THREATQ_ADDR", "127.0.0.1:8082", "address of the ThreatQ simulator")
 	s.add("sample", "SIM_SAMPLE", "300", "indicators in the sample collection (0: none)")
@@ -134,7 +151,7 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("demo", "demo [flags]")
+	s := newSettings("demo", "demo [flags]", stdout, stderr)
 	s.add("size", "DEMO_SIZE", "300", "indicators in the sample collection")
 	s.add("triage-latency", "DEMO_TRIAGE_LATENCY", "20ms", "how long the Triage simulator takes to answer")
 	s.add("log-level", "LOG_LEVEL", "warn", "log level: debug, info, warn, error")
@@ -191,7 +208,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	once := pipeline.Once{Bus: b, Worker: w, Writer: writeback.New(writeback.Config{}, tq, b, log, nil), WorkerConcurrency: 16, WritebackConcurrency: 8, Log: log}
 
 	fmt.Fprintf(stdout, "tqtriage demo: a ThreatQ collection of %d indicators (%q) goes to Cofense Triage.\n", size, sample.CollectionName)
-	fmt.Fprintf(stdout, "Simulators: Triage at %s (8 of the indicators already there), ThreatQ at %s; NATS JetStream embedded.\n\n", sm.triageURL, sm.threatqURL)
+	fmt.Fprintf(stdout, "Simulators: Triage at %s (%d of the indicators already there), ThreatQ at %s; NATS JetStream embedded.\n\n", sm.triageURL, sampleInTriage(size), sm.threatqURL)
 	failed := false
 	for _, step := range []struct {
 		title string
