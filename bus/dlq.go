@@ -43,7 +43,11 @@ func (b *Bus) ListDLQ(ctx context.Context, filter string, fn func(DeadLetter) bo
 	if err != nil {
 		return fmt.Errorf("dead letters: %w", err)
 	}
-	if info.State.Msgs == 0 {
+	var n uint64
+	for _, c := range info.State.Subjects { // the counts on the filter's subjects
+		n += c
+	}
+	if n == 0 {
 		return nil
 	}
 	last := info.State.LastSeq

@@ -44,7 +44,9 @@ type TriageSettings struct {
 // rate limit, which also pauses after every 429.
 func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, *throttle.Throttle, error) {
 	th := throttle.New(s.RateLimit)
-	c, err := triage.New(ctx, triage.Config{
+	// The client keeps ctx for token renewals; a shutdown (ctx ending)
+	// must not stop the renewals of jobs finishing in their grace period.
+	c, err := triage.New(context.WithoutCancel(ctx), triage.Config{
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
 		HTTP: httpclient.Options{
 			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
@@ -70,7 +72,7 @@ type ThreatQSettings struct {
 // NewThreatQ returns a ThreatQ client. Reading collections retries by
 // itself with policy; write-back passes retry.None and retries itself.
 func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*threatq.Client, error) {
-	return threatq.New(ctx, threatq.Config{
+	return threatq.New(context.WithoutCancel(ctx), threatq.Config{ // as in NewTriage
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
 		Email: s.Email, Password: s.Password, AttributeSource: s.AttributeSource,
 		HTTP:  httpclient.Options{InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile},

@@ -456,19 +456,18 @@ func wantCounts(t *testing.T, r result, want map[string]int) {
 	}
 }
 
-// The sample collection of 40 indicators: one invalid (a 30-digit MD5), 39
-// valid, 7 of which Triage holds already (the eighth indicator sim seeds in
-// Triage is the one the invalid sample indicator replaced).
+// The sample collection of 40 indicators: one invalid (a 30-digit MD5, the
+// 18th), 39 valid, the first 8 of which Triage holds already.
 const (
 	sampleSize    = 40
 	sampleInvalid = 1
 	sampleValid   = sampleSize - sampleInvalid
-	sampleExists  = 7
+	sampleExists  = 8 // sample.InTriage, all in the collection
 )
 
 // pick returns n valid sample indicators that Triage does not hold: the
-// collection in its order, past the first eight (seeded in Triage, or
-// invalid).
+// collection in its order, past the first eight (seeded in Triage); n is
+// at most 9, before the invalid 18th.
 func pick(t *testing.T, s *sim, n int) []threatq.Indicator {
 	t.Helper()
 	all := s.indicators(t)
@@ -564,7 +563,10 @@ func TestRunHonoursObjectsPerRunThenUpsertCreatesTheRest(t *testing.T) {
 	if !strings.Contains(r.stdout, ", upsert") {
 		t.Errorf("the summary header does not mention the upsert: %v", r)
 	}
-	wantCounts(t, r, map[string]int{"updated": 10, "created": sampleValid - 10, "invalid": sampleInvalid})
+	// Triage now holds the seeded indicators and those the capped run
+	// created; the upsert updates those and creates the rest.
+	inTriage := sampleExists + c["created"]
+	wantCounts(t, r, map[string]int{"updated": inTriage, "created": sampleValid - inTriage, "invalid": sampleInvalid})
 }
 
 // replicas are a worker and a write-back replica on the test's NATS server.

@@ -36,7 +36,7 @@ func Indicators(n int) []threatqsim.SeedIndicator {
 		{Type: "Email Address", Value: "billing@invoice-example.com"}, // unsupported type
 	}
 	for i := 0; len(out) < n; i++ {
-		if i%50 == 7 && len(bad) > 0 {
+		if i%50 == 17 && len(bad) > 0 {
 			out = append(out, bad[0])
 			bad = bad[1:]
 			continue
