@@ -26,47 +26,43 @@ import (
 const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("worker", "worker [flags]", stdout, stderr)
-	addNATS(s, natsURLHelp)
-	addTriage(s)
-	addHTTP(s, ":8080")
-	addLog(s)
-	if err := s.parse(args); err != nil {
-		return usageErr("%w", err)
-	}
-	log, err := newLogger(s, stderr)
-	if err != nil {
-		return usageErr("%w", err)
-	}
-	t := readTriage(s)
-	if err := s.err(); err != nil {
-		return usageErr("%w", err)
-	}
-	b, err := connect(ctx, s, log)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	reg := prometheus.NewRegistry()
-	w, err := newWorker(ctx, t, b, log, reg)
-	if err != nil {
-		return err
-	}
-	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), reg, natsReady(b), log)
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
-	log.Info().Int("concurrency", t.conc).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
-	err = pipeline.ServeWorkers(ctx, b, w, t.conc)
-	log.Info().Msg("worker stopped")
-	return err
+	return runReplica(ctx, args, stdout, stderr, "worker", addTriage, func(s *settings) startFunc {
+		t := readTriage(s)
+		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, reg *prometheus.Registry) (func(context.Context) error, error) {
+			w, err := newWorker(ctx, t, b, log, reg)
+			if err != nil {
+				return nil, err
+			}
+			log.Info().Int("concurrency", t.conc).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
+			return func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, t.conc) }, nil
+		}
+	})
 }
 
 func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("writeback", "writeback [flags]", stdout, stderr)
+	return runReplica(ctx, args, stdout, stderr, "writeback", addThreatQ, func(s *settings) startFunc {
+		t := readThreatQ(s, "to write attributes back")
+		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, reg *prometheus.Registry) (func(context.Context) error, error) {
+			wr, err := newWriter(ctx, t, b, log, reg)
+			if err != nil {
+				return nil, err
+			}
+			log.Info().Int("concurrency", t.conc).Msg("write-back started")
+			return func(ctx context.Context) error { return pipeline.ServeWriteback(ctx, b, wr, t.conc) }, nil
+		}
+	})
+}
+
+// startFunc builds a replica on a connected bus and returns what serves it
+// until its context ends.
+type startFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, reg *prometheus.Registry) (func(context.Context) error, error)
+
+// runReplica is what the worker and write-back commands share: settings,
+// logger, NATS, the HTTP endpoints, serving until a signal.
+func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, name string, addFlags func(*settings), read func(*settings) startFunc) error {
+	s := newSettings(name, name+" [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
-	addThreatQ(s)
+	addFlags(s)
 	addHTTP(s, ":8080")
 	addLog(s)
 	if err := s.parse(args); err != nil {
@@ -76,7 +72,7 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return usageErr("%w", err)
 	}
-	t := readThreatQ(s, "to write attributes back")
+	start := read(s)
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
@@ -86,7 +82,7 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	defer b.Close()
 	reg := prometheus.NewRegistry()
-	wr, err := newWriter(ctx, t, b, log, reg)
+	serve, err := start(ctx, b, log, reg)
 	if err != nil {
 		return err
 	}
@@ -95,9 +91,8 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer stopHTTP()
-	log.Info().Int("concurrency", t.conc).Msg("write-back started")
-	err = pipeline.ServeWriteback(ctx, b, wr, t.conc)
-	log.Info().Msg("write-back stopped")
+	err = serve(ctx)
+	log.Info().Msg(strings.Replace(name, "writeback", "write-back", 1) + " stopped")
 	return err
 }
 
