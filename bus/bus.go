@@ -243,32 +243,30 @@ func (b *Bus) ensureTopology(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create bucket %s: %w", BucketRuns, err)
 	}
-	if _, err = b.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       ConsumerWorkers,
-		Description:   "tqtriage worker replicas share it",
-		FilterSubject: message.JobsWildcard,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       c.AckWait,
-		// The worker counts deliveries itself and dead-letters a job
-		// at its limit; a server-side MaxDeliver would leave the job
-		// stuck in the work queue, silently.
-		MaxDeliver:    -1,
-		MaxAckPending: c.MaxAckPending,
-	}); err != nil {
-		return fmt.Errorf("create consumer %s: %w", ConsumerWorkers, err)
-	}
-	if _, err = b.results.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       ConsumerWriteback,
-		Description:   "tqtriage write-back replicas share it",
-		FilterSubject: message.ResultsWildcard,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckWait:       c.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: c.MaxAckPending,
-	}); err != nil {
-		return fmt.Errorf("create consumer %s: %w", ConsumerWriteback, err)
+	// Both durables are shared by every replica. Neither has a server-side
+	// MaxDeliver: the worker and write-back count deliveries themselves and
+	// dead-letter at their limit, where a server-side limit would leave the
+	// message stuck in its stream, silently.
+	for _, d := range []struct {
+		s          jetstream.Stream
+		name, what string
+		filter     string
+	}{
+		{b.jobs, ConsumerWorkers, "tqtriage worker replicas share it", message.JobsWildcard},
+		{b.results, ConsumerWriteback, "tqtriage write-back replicas share it", message.ResultsWildcard},
+	} {
+		if _, err = d.s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       d.name,
+			Description:   d.what,
+			FilterSubject: d.filter,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait:       c.AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: c.MaxAckPending,
+		}); err != nil {
+			return fmt.Errorf("create consumer %s: %w", d.name, err)
+		}
 	}
 	return nil
 }

@@ -38,14 +38,9 @@ func (b *Bus) Consume(ctx context.Context, durable string, o ConsumeOptions, h H
 	if o.Grace <= 0 {
 		o.Grace = 25 * time.Second
 	}
-	var s jetstream.Stream
-	switch durable {
-	case ConsumerWorkers:
-		s = b.jobs
-	case ConsumerWriteback:
-		s = b.results
-	default:
-		return fmt.Errorf("consume: unknown consumer %q", durable)
+	s, err := b.durableStream(durable)
+	if err != nil {
+		return err
 	}
 	cons, err := s.Consumer(ctx, durable)
 	if err != nil {
@@ -115,13 +110,24 @@ func (b *Bus) Consume(ctx context.Context, durable string, o ConsumeOptions, h H
 
 // ConsumerInfo returns the state of a durable consumer.
 func (b *Bus) ConsumerInfo(ctx context.Context, durable string) (*jetstream.ConsumerInfo, error) {
-	s := b.jobs
-	if durable == ConsumerWriteback {
-		s = b.results
+	s, err := b.durableStream(durable)
+	if err != nil {
+		return nil, err
 	}
 	c, err := s.Consumer(ctx, durable)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", durable, err)
 	}
 	return c.Info(ctx)
+}
+
+// durableStream is the stream of one of the durable consumers.
+func (b *Bus) durableStream(durable string) (jetstream.Stream, error) {
+	switch durable {
+	case ConsumerWorkers:
+		return b.jobs, nil
+	case ConsumerWriteback:
+		return b.results, nil
+	}
+	return nil, fmt.Errorf("unknown consumer %q", durable)
 }

@@ -33,6 +33,30 @@ func (b *Bus) DeadLetterMsg(ctx context.Context, subject, msgID string, data []b
 	return err
 }
 
+// DeadLetterHeader describes a delivered message for the dead-letter
+// stream: why, where it came from (so replay can send it back), how often
+// it was delivered, its run and its original Nats-Msg-Id.
+func DeadLetterHeader(m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason string) nats.Header {
+	h := nats.Header{}
+	h.Set(message.HeaderReason, reason)
+	h.Set(message.HeaderSubject, m.Subject())
+	h.Set(message.HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	if runID != "" {
+		h.Set(message.HeaderRunID, runID)
+	}
+	if id := m.Headers().Get(jetstream.MsgIDHeader); id != "" {
+		h.Set(message.HeaderMsgID, id)
+	}
+	return h
+}
+
+// DeadLetterID is the Nats-Msg-Id of a delivered message's dead letter: one
+// per stored message, so a repeat after a crash is dropped, but a replayed
+// message that fails again is dead-lettered again.
+func DeadLetterID(md *jetstream.MsgMetadata) string {
+	return "dlq/" + md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
+}
+
 // ListDLQ calls fn for each dead letter on subject filter (default all),
 // oldest first, until fn returns false.
 func (b *Bus) ListDLQ(ctx context.Context, filter string, fn func(DeadLetter) bool) error {

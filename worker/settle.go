@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/message"
 )
 
@@ -30,8 +31,8 @@ func (w *Worker) settle(ctx context.Context, m jetstream.Msg, md *jetstream.MsgM
 	}
 	r := out.result
 	if out.deadLetter != "" {
-		hdr := dlqHeader(m, md, job.RunID, out.deadLetter)
-		if err := w.bus.DeadLetterMsg(ctx, message.DLQSubject(job.Action), dlqID(md), m.Data(), hdr); err != nil {
+		hdr := bus.DeadLetterHeader(m, md, job.RunID, out.deadLetter)
+		if err := w.bus.DeadLetterMsg(ctx, message.DLQSubject(job.Action), bus.DeadLetterID(md), m.Data(), hdr); err != nil {
 			log.Error().Err(err).Msg("could not store the dead letter; the job will be delivered again")
 			_ = m.NakWithDelay(w.redeliveryDelay(int(md.NumDelivered)))
 			return
@@ -94,8 +95,8 @@ func logResult(log zerolog.Logger, r *message.Result, deadLettered bool) {
 // tqtriage.dlq.invalid, raw bytes and reason, then acknowledges it: it is
 // never retried, and never dropped silently.
 func (w *Worker) deadLetterUnparseable(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, perr error, log zerolog.Logger) {
-	hdr := dlqHeader(m, md, "", perr.Error())
-	if err := w.bus.DeadLetterMsg(ctx, message.DLQInvalid, dlqID(md), m.Data(), hdr); err != nil {
+	hdr := bus.DeadLetterHeader(m, md, "", perr.Error())
+	if err := w.bus.DeadLetterMsg(ctx, message.DLQInvalid, bus.DeadLetterID(md), m.Data(), hdr); err != nil {
 		log.Error().Err(err).Msg("could not store an unparseable job as a dead letter; it will be delivered again")
 		_ = m.NakWithDelay(w.redeliveryDelay(int(md.NumDelivered)))
 		return

@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -331,11 +330,7 @@ func (w *Worker) final(job message.Job, status message.Status, reason string, at
 }
 
 func (w *Worker) redeliveryDelay(deliveries int) time.Duration {
-	d := w.cfg.RedeliveryDelay
-	for i := 1; i < deliveries && d < w.cfg.MaxRedeliveryDelay; i++ {
-		d *= 2
-	}
-	return min(d, w.cfg.MaxRedeliveryDelay)
+	return retry.Doubling(w.cfg.RedeliveryDelay, w.cfg.MaxRedeliveryDelay, deliveries)
 }
 
 func triageView(t *triage.Indicator) *message.TriageIndicator {
@@ -355,25 +350,4 @@ func attributes(in []mapping.Attribute) []message.Attribute {
 		out[i] = message.Attribute{Name: a.Name, Value: a.Value}
 	}
 	return out
-}
-
-// dlqID is the Nats-Msg-Id of a dead letter: one per stored job message,
-// so a repeat after a crash is dropped but a replayed job that fails again
-// is dead-lettered again.
-func dlqID(md *jetstream.MsgMetadata) string {
-	return "dlq/" + md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
-}
-
-func dlqHeader(m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason string) nats.Header {
-	h := nats.Header{}
-	h.Set(message.HeaderReason, reason)
-	h.Set(message.HeaderSubject, m.Subject())
-	h.Set(message.HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
-	if runID != "" {
-		h.Set(message.HeaderRunID, runID)
-	}
-	if id := m.Headers().Get(jetstream.MsgIDHeader); id != "" {
-		h.Set(message.HeaderMsgID, id)
-	}
-	return h
 }

@@ -13,7 +13,6 @@ package writeback
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/threatq"
@@ -147,11 +147,7 @@ func (w *Writer) Handle(ctx context.Context, m jetstream.Msg) {
 }
 
 func (w *Writer) delay(deliveries int) time.Duration {
-	d := w.cfg.RedeliveryDelay
-	for i := 1; i < deliveries && d < w.cfg.MaxRedeliveryDelay; i++ {
-		d *= 2
-	}
-	return min(d, w.cfg.MaxRedeliveryDelay)
+	return retry.Doubling(w.cfg.RedeliveryDelay, w.cfg.MaxRedeliveryDelay, deliveries)
 }
 
 func (w *Writer) ack(m jetstream.Msg, log zerolog.Logger) {
@@ -163,17 +159,8 @@ func (w *Writer) ack(m jetstream.Msg, log zerolog.Logger) {
 // deadLetter stores the result on tqtriage.dlq.writeback, then
 // acknowledges it; if the dead letter cannot be stored, the result stays.
 func (w *Writer) deadLetter(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason string, log zerolog.Logger) {
-	h := nats.Header{}
-	h.Set(message.HeaderReason, reason)
-	h.Set(message.HeaderSubject, m.Subject())
-	h.Set(message.HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
-	if runID != "" {
-		h.Set(message.HeaderRunID, runID)
-	}
-	if id := m.Headers().Get(jetstream.MsgIDHeader); id != "" {
-		h.Set(message.HeaderMsgID, id)
-	}
-	id := "dlq/" + md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
+	h := bus.DeadLetterHeader(m, md, runID, reason)
+	id := bus.DeadLetterID(md)
 	if err := w.bus.DeadLetterMsg(ctx, message.DLQWriteback, id, m.Data(), h); err != nil {
 		log.Error().Err(err).Msg("could not dead-letter a write-back; the result will be delivered again")
 		_ = m.NakWithDelay(w.delay(int(md.NumDelivered)))

@@ -142,3 +142,14 @@ func (s *serverAware) NextBackOff() time.Duration {
 	}
 	return next
 }
+
+// Doubling is the wait before try n (1-based) of a schedule that starts at
+// first and doubles up to most: for redeliveries, whose count the message
+// carries, where no BackOff object lives between tries.
+func Doubling(first, most time.Duration, n int) time.Duration {
+	d := first
+	for i := 1; i < n && d < most; i++ {
+		d *= 2
+	}
+	return min(d, most)
+}

@@ -100,3 +100,11 @@ func TestDoEndsWithContext(t *testing.T) {
 		t.Fatalf("err = %v, want the last real error kept too", err)
 	}
 }
+
+func TestDoubling(t *testing.T) {
+	for n, want := range map[int]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 5 * time.Second, 100: 5 * time.Second} {
+		if got := Doubling(time.Second, 5*time.Second, n); got != want {
+			t.Errorf("Doubling(1s, 5s, %d) = %v; want %v", n, got, want)
+		}
+	}
+}
