@@ -65,12 +65,9 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	addFlags(s)
 	addHTTP(s, ":8080")
 	addLog(s)
-	if err := s.parse(args); err != nil {
-		return usageErr("%w", err)
-	}
-	log, err := newLogger(s, stderr)
+	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {
-		return usageErr("%w", err)
+		return err
 	}
 	start := read(s)
 	if err := s.err(); err != nil {
@@ -185,12 +182,9 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	addNATS(s, natsURLHelp)
 	addThreatQ(s)
 	addLog(s)
-	if err := s.parse(args); err != nil {
-		return usageErr("%w", err)
-	}
-	log, err := newLogger(s, stderr)
+	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {
-		return usageErr("%w", err)
+		return err
 	}
 	p := readPublish(s)
 	if err := s.err(); err != nil {
@@ -254,12 +248,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	addThreatQ(s)
 	addHTTP(s, "")
 	addLog(s)
-	if err := s.parse(args); err != nil {
-		return usageErr("%w", err)
-	}
-	log, err := newLogger(s, stderr)
+	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {
-		return usageErr("%w", err)
+		return err
 	}
 	p := readPublish(s)
 	t := readTriage(s)

@@ -69,6 +69,19 @@ func addThreatQ(s *settings) {
 	s.add("writeback-concurrency", "WRITEBACK_CONCURRENCY", "8", "results written back at once by this replica")
 }
 
+// parseWithLogger parses a command's arguments and builds its logger, the
+// preamble of every command; a problem with either is a usage error.
+func (s *settings) parseWithLogger(args []string, w io.Writer) (zerolog.Logger, error) {
+	if err := s.parse(args); err != nil {
+		return zerolog.Nop(), usageErr("%w", err)
+	}
+	log, err := newLogger(s, w)
+	if err != nil {
+		return log, usageErr("%w", err)
+	}
+	return log, nil
+}
+
 func newLogger(s *settings, w io.Writer) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(strings.ToLower(s.str("log-level")))
 	if err != nil || lvl == zerolog.NoLevel {

@@ -111,12 +111,9 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	s.add("threatq-error-rate", "SIM_THREATQ_ERROR_RATE", "0", "ThreatQ: share of API requests answered 5xx (0 to 1)")
 	s.add("threatq-max-page-size", "SIM_THREATQ_MAX_PAGE_SIZE", "1000", "ThreatQ: largest collection page")
 	addLog(s)
-	if err := s.parse(args); err != nil {
-		return usageErr("%w", err)
-	}
-	log, err := newLogger(s, stderr)
+	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {
-		return usageErr("%w", err)
+		return err
 	}
 	to := triagesim.Options{
 		Latency: s.duration("triage-latency"), LatencyJitter: s.duration("triage-latency-jitter"),
@@ -156,12 +153,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	s.add("triage-latency", "DEMO_TRIAGE_LATENCY", "20ms", "how long the Triage simulator takes to answer")
 	s.add("log-level", "LOG_LEVEL", "warn", "log level: debug, info, warn, error")
 	s.add("log-format", "LOG_FORMAT", "console", "log format: json or console")
-	if err := s.parse(args); err != nil {
-		return usageErr("%w", err)
-	}
-	log, err := newLogger(s, stderr)
+	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {
-		return usageErr("%w", err)
+		return err
 	}
 	size := s.integer("size", 20)
 	latency := s.duration("triage-latency")
