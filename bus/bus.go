@@ -1,12 +1,14 @@
 // Package bus is tqtriage's NATS JetStream wiring, in one place: the
-// connection, the streams and durable consumers every process relies on
-// (created or updated at start, so a fresh server is enough), publishing
-// with acknowledgement, the pool that consumes a durable consumer, the
-// per-run admission claims that make the objects-per-run cap exact, the run
-// registry, and dead letters.
+// connection, the streams, durable consumers and buckets every process
+// relies on (created or updated at start, so a fresh server is enough),
+// publishing with acknowledgement, the executor that consumes a durable
+// consumer and alone settles its messages (Serve), the per-run admission
+// claims that make the objects-per-run cap exact, run records, and dead
+// letters.
 //
-// It knows the subjects and stream layout of DESIGN.md but nothing of Triage
-// or ThreatQ; the worker and write-back only see the narrow methods below.
+// It knows the subjects and stream layout of docs/flow.md but nothing of
+// Triage or ThreatQ. The worker, write-back and run packages speak its
+// plain types (Publication, Outcome, Attempt, Stored) and never JetStream.
 package bus
 
 import (
@@ -31,11 +33,28 @@ const (
 	StreamDLQ     = "TQTRIAGE_DLQ"
 	StreamClaims  = "TQTRIAGE_CLAIMS"
 	BucketRuns    = "TQTRIAGE_RUNS"
+	// BucketDeliveries counts the deliveries of a message that do not
+	// count toward its limit (snoozed, handed back).
+	BucketDeliveries = "TQTRIAGE_DELIVERIES"
 
 	ConsumerWorkers   = "tqtriage-workers"
 	ConsumerWriteback = "tqtriage-writeback"
 
 	claimsPrefix = "tqtriage.claims."
+)
+
+// Defaults of Config fields left zero.
+const (
+	// DefaultAckWait is the durable consumers' ack deadline. The executor
+	// reports progress every third of it while a message is worked on.
+	DefaultAckWait = 30 * time.Second
+	// DefaultMaxAckPending is shared by every replica of a consumer: it
+	// must exceed the fleet's total concurrency.
+	DefaultMaxAckPending = 20000
+	// DefaultDuplicateWindow of the jobs and results streams.
+	DefaultDuplicateWindow = 10 * time.Minute
+	// DefaultResultsMaxAge is how long status can report a run.
+	DefaultResultsMaxAge = 7 * 24 * time.Hour
 )
 
 // Config says where NATS is and how the topology is shaped. The zero value
@@ -60,11 +79,9 @@ type Config struct {
 	DLQMaxAge       time.Duration // default 30 days
 	ClaimsMaxAge    time.Duration // default 7 days: a run's cap is kept this long
 
-	// AckWait of the durable consumers (default 30s). Workers extend it
-	// with InProgress while a job waits on retries.
+	// AckWait of the durable consumers (default DefaultAckWait).
 	AckWait time.Duration
-	// MaxAckPending of the workers' consumer, shared by every replica
-	// (default 20000): it must exceed the fleet's total concurrency.
+	// MaxAckPending of the durable consumers (default DefaultMaxAckPending).
 	MaxAckPending int
 }
 
@@ -80,13 +97,13 @@ func (c Config) withDefaults() Config {
 			*d = v
 		}
 	}
-	def(&c.DuplicateWindow, 10*time.Minute)
-	def(&c.ResultsMaxAge, 7*24*time.Hour)
+	def(&c.DuplicateWindow, DefaultDuplicateWindow)
+	def(&c.ResultsMaxAge, DefaultResultsMaxAge)
 	def(&c.DLQMaxAge, 30*24*time.Hour)
-	def(&c.ClaimsMaxAge, 7*24*time.Hour)
-	def(&c.AckWait, 30*time.Second)
+	def(&c.ClaimsMaxAge, DefaultResultsMaxAge)
+	def(&c.AckWait, DefaultAckWait)
 	if c.MaxAckPending <= 0 {
-		c.MaxAckPending = 20000
+		c.MaxAckPending = DefaultMaxAckPending
 	}
 	return c
 }
@@ -99,7 +116,7 @@ type Bus struct {
 	log zerolog.Logger
 
 	jobs, results, dlq, claims jetstream.Stream
-	runs                       jetstream.KeyValue
+	runs, deliveries           jetstream.KeyValue
 
 	claimMu     sync.Mutex
 	claimQueues map[string]*claimQueue // by run and limit: claims waiting for a commit
@@ -195,8 +212,8 @@ func (b *Bus) ensureTopology(ctx context.Context) error {
 	}
 	if b.results, err = b.stream(ctx, jetstream.StreamConfig{
 		Name:        StreamResults,
-		Description: "tqtriage results: exactly one per job, read by write-back and status",
-		Subjects:    []string{message.ResultsWildcard},
+		Description: "tqtriage results (exactly one per job, read by write-back and status) and write-back's receipts",
+		Subjects:    []string{message.ResultsWildcard, message.ReceiptsWildcard},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    c.Replicas,
@@ -243,10 +260,19 @@ func (b *Bus) ensureTopology(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create bucket %s: %w", BucketRuns, err)
 	}
+	if b.deliveries, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketDeliveries,
+		Description: "tqtriage deliveries that do not count toward a message's limit (snoozed, handed back)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    c.Replicas,
+		TTL:         c.ResultsMaxAge,
+	}); err != nil {
+		return fmt.Errorf("create bucket %s: %w", BucketDeliveries, err)
+	}
 	// Both durables are shared by every replica. Neither has a server-side
-	// MaxDeliver: the worker and write-back count deliveries themselves and
-	// dead-letter at their limit, where a server-side limit would leave the
-	// message stuck in its stream, silently.
+	// MaxDeliver: the executor counts deliveries itself and gives up at
+	// its limit, where a server-side limit would leave the message stuck
+	// in its stream, silently.
 	for _, d := range []struct {
 		s          jetstream.Stream
 		name, what string
@@ -279,11 +305,17 @@ func (b *Bus) stream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream
 	return s, nil
 }
 
-// Conn is the underlying connection, for health checks.
-func (b *Bus) Conn() *nats.Conn { return b.nc }
+// Connected reports whether the connection is up, for health checks.
+func (b *Bus) Connected() bool { return b.nc.IsConnected() }
 
-// JetStream is the JetStream context, for what this package does not wrap.
-func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+// JobsWaiting is the number of jobs stored and not yet acknowledged.
+func (b *Bus) JobsWaiting(ctx context.Context) (uint64, error) {
+	info, err := b.jobs.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("jobs stream: %w", err)
+	}
+	return info.State.Msgs, nil
+}
 
 // Close waits for pending asynchronous publishes (up to 10s) and closes
 // the connection.

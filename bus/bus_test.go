@@ -36,12 +36,12 @@ func TestTopologyIsIdempotent(t *testing.T) {
 	s := startServer(t)
 	connect(t, s)
 	b := connect(t, s) // a second process creating the same topology
-	info, err := b.ConsumerInfo(context.Background(), ConsumerWorkers)
+	st, err := b.ConsumerState(context.Background(), ConsumerWorkers)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.Config.MaxDeliver != -1 || info.Config.AckWait != 30*time.Second {
-		t.Fatalf("workers consumer config = %+v", info.Config)
+	if st.MaxDeliver != -1 || st.AckWait != 30*time.Second {
+		t.Fatalf("workers consumer state = %+v", st)
 	}
 }
 

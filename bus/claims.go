@@ -123,7 +123,7 @@ func (b *Bus) leadClaims(qk string, q *claimQueue, runID string, limit int) {
 		cancel()
 		for _, r := range reqs {
 			if err != nil {
-				r.done <- claimAnswer{err: fmt.Errorf("claim %s: %w", runID, err)}
+				r.done <- claimAnswer{err: transient(fmt.Errorf("claim %s: %w", runID, err))}
 			} else {
 				r.done <- claimAnswer{adm: answers[r.key]}
 			}
@@ -167,7 +167,7 @@ func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, 
 					count, countSeq = count+1, ack.Sequence
 					answers[k] = Admission{Admitted: true, Slot: count, Count: count}
 				}
-				f, err := b.PublishAsync(claimsPrefix+runID+".k."+k, "", []byte(strconv.Itoa(answers[k].Slot)), nil)
+				f, err := b.publishAsync(Publication{Subject: claimsPrefix + runID + ".k." + k, Data: []byte(strconv.Itoa(answers[k].Slot))})
 				if err != nil {
 					return nil, fmt.Errorf("store claim: %w", err)
 				}

@@ -13,34 +13,31 @@ import (
 	"github.com/tqtriage/tqtriage/message"
 )
 
-// DeadLetter is one message of the dead-letter stream.
+// DeadLetter is one message of the dead-letter stream. Its fields come
+// from its headers, which are input like any other: replay checks them.
 type DeadLetter struct {
 	Seq     uint64 // stream sequence: the handle for replay and delete
 	Subject string // tqtriage.dlq.<action|invalid|writeback>
 	Time    time.Time
-	Header  nats.Header
-	Data    []byte // the job (or result) as it was, byte for byte
+	Reason  string // why it was dead-lettered
+	Source  string // the subject it was consumed from
+	RunID   string // its run, when known
+	// Deliveries is how often it had been delivered, as recorded.
+	Deliveries string
+	MsgID      string // the original message's Nats-Msg-Id
+	Data       []byte // the job (or result) as it was, byte for byte
 }
 
-// Reason is why the message was dead-lettered.
-func (d DeadLetter) Reason() string { return d.Header.Get(message.HeaderReason) }
-
-// DeadLetterMsg stores a message on a dead-letter subject and waits for the
-// stream to have it; only then may the original be acknowledged. msgID
-// makes a repeat after a crash harmless.
-func (b *Bus) DeadLetterMsg(ctx context.Context, subject, msgID string, data []byte, hdr nats.Header) error {
-	_, err := b.Publish(ctx, subject, msgID, data, hdr)
-	return err
-}
-
-// DeadLetterHeader describes a delivered message for the dead-letter
+// deadLetterHeader describes a delivered message for the dead-letter
 // stream: why, where it came from (so replay can send it back), how often
 // it was delivered, its run and its original Nats-Msg-Id.
-func DeadLetterHeader(m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason string) nats.Header {
+func deadLetterHeader(m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason string) nats.Header {
 	h := nats.Header{}
 	h.Set(message.HeaderReason, reason)
 	h.Set(message.HeaderSubject, m.Subject())
-	h.Set(message.HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	if md != nil {
+		h.Set(message.HeaderDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	}
 	if runID != "" {
 		h.Set(message.HeaderRunID, runID)
 	}
@@ -50,18 +47,31 @@ func DeadLetterHeader(m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason 
 	return h
 }
 
-// DeadLetterID is the Nats-Msg-Id of a delivered message's dead letter: one
+// deadLetterID is the Nats-Msg-Id of a delivered message's dead letter: one
 // per stored message, so a repeat after a crash is dropped, but a replayed
 // message that fails again is dead-lettered again.
-func DeadLetterID(md *jetstream.MsgMetadata) string {
+func deadLetterID(md *jetstream.MsgMetadata) string {
+	if md == nil {
+		return ""
+	}
 	return "dlq/" + md.Stream + "/" + strconv.FormatUint(md.Sequence.Stream, 10)
 }
 
-// ListDLQ calls fn for each dead letter on subject filter (default all),
-// oldest first, until fn returns false.
-func (b *Bus) ListDLQ(ctx context.Context, filter string, fn func(DeadLetter) bool) error {
-	if filter == "" {
-		filter = message.DLQWildcard
+func deadLetterOf(m jetstream.Msg, md *jetstream.MsgMetadata) DeadLetter {
+	h := m.Headers()
+	return DeadLetter{
+		Seq: md.Sequence.Stream, Subject: m.Subject(), Time: md.Timestamp, Data: m.Data(),
+		Reason: h.Get(message.HeaderReason), Source: h.Get(message.HeaderSubject), RunID: h.Get(message.HeaderRunID),
+		Deliveries: h.Get(message.HeaderDeliveries), MsgID: h.Get(message.HeaderMsgID),
+	}
+}
+
+// ListDLQ calls fn for each dead letter of kind (empty: all), oldest
+// first, until fn returns false.
+func (b *Bus) ListDLQ(ctx context.Context, kind message.Letters, fn func(DeadLetter) bool) error {
+	filter := message.DLQWildcard
+	if kind != "" {
+		filter = kind.Subject()
 	}
 	info, err := b.dlq.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
@@ -101,34 +111,31 @@ func (b *Bus) ListDLQ(ctx context.Context, filter string, fn func(DeadLetter) bo
 		if err != nil {
 			return err
 		}
-		d := DeadLetter{Seq: md.Sequence.Stream, Subject: m.Subject(), Time: md.Timestamp, Header: m.Headers(), Data: m.Data()}
-		if !fn(d) || md.Sequence.Stream >= last || md.NumPending == 0 {
+		if !fn(deadLetterOf(m, md)) || md.Sequence.Stream >= last || md.NumPending == 0 {
 			return nil
 		}
 	}
 }
 
-// Replay sends the dead letters of action (create, update or writeback;
+// Replay sends the dead letters of kind (create, update or writeback;
 // empty for create and update) back where they came from, each with a new
 // Nats-Msg-Id so that the duplicate window does not drop it, and deletes
 // each from the dead-letter stream once the send is acknowledged. Dead
 // letters on tqtriage.dlq.invalid are not replayable: they did not parse.
-func (b *Bus) Replay(ctx context.Context, action string, log func(d DeadLetter, err error)) (int, error) {
-	var filters []string
-	switch action {
-	case "":
-		filters = []string{message.DLQSubject(message.ActionCreate), message.DLQSubject(message.ActionUpdate)}
-	case message.ActionCreate, message.ActionUpdate:
-		filters = []string{message.DLQSubject(action)}
-	case "writeback":
-		filters = []string{message.DLQWriteback}
+func (b *Bus) Replay(ctx context.Context, kind message.Letters, log func(d DeadLetter, err error)) (int, error) {
+	var kinds []message.Letters
+	switch {
+	case kind == "":
+		kinds = []message.Letters{message.LettersCreate, message.LettersUpdate}
+	case kind.Replayable():
+		kinds = []message.Letters{kind}
 	default:
-		return 0, fmt.Errorf("replay: action %q: want create, update or writeback", action)
+		return 0, fmt.Errorf("replay: dead letters on %s did not parse and cannot be replayed", kind.Subject())
 	}
 	n := 0
-	for _, f := range filters {
+	for _, k := range kinds {
 		var letters []DeadLetter
-		if err := b.ListDLQ(ctx, f, func(d DeadLetter) bool { letters = append(letters, d); return true }); err != nil {
+		if err := b.ListDLQ(ctx, k, func(d DeadLetter) bool { letters = append(letters, d); return true }); err != nil {
 			return n, err
 		}
 		for _, d := range letters {
@@ -146,20 +153,19 @@ func (b *Bus) Replay(ctx context.Context, action string, log func(d DeadLetter, 
 }
 
 func (b *Bus) replayOne(ctx context.Context, d DeadLetter) error {
-	target := d.Header.Get(message.HeaderSubject)
-	if target == "" {
+	if d.Source == "" {
 		return fmt.Errorf("dead letter %d has no %s header: cannot tell where it came from", d.Seq, message.HeaderSubject)
 	}
-	msgID := d.Header.Get(message.HeaderMsgID)
+	msgID := d.MsgID
 	if msgID == "" {
 		msgID = "dlq"
 	}
 	msgID += "/replay-" + strconv.FormatUint(d.Seq, 10)
 	hdr := nats.Header{}
-	if run := d.Header.Get(message.HeaderRunID); run != "" {
-		hdr.Set(message.HeaderRunID, run)
+	if d.RunID != "" {
+		hdr.Set(message.HeaderRunID, d.RunID)
 	}
-	if _, err := b.Publish(ctx, target, msgID, d.Data, hdr); err != nil {
+	if _, err := b.publish(ctx, Publication{Subject: d.Source, MsgID: msgID, Data: d.Data}, hdr); err != nil {
 		return fmt.Errorf("replay dead letter %d: %w", d.Seq, err)
 	}
 	if err := b.dlq.DeleteMsg(ctx, d.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -10,36 +9,93 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// apiError is a JetStream error in a publish acknowledgement.
-type apiError struct {
-	Code        int    `json:"code"`
-	ErrCode     int    `json:"err_code"`
-	Description string `json:"description"`
+// PubAck is a stream's acknowledgement of a stored message.
+type PubAck struct {
+	Seq       uint64 // its stream sequence
+	Duplicate bool   // dropped as a repeat of its Nats-Msg-Id
 }
 
-func (e *apiError) Error() string {
-	return fmt.Sprintf("JetStream: %s (code %d, error %d)", e.Description, e.Code, e.ErrCode)
+// Future is the acknowledgement of an asynchronous publish, to come.
+type Future interface {
+	// Wait returns the acknowledgement or the failure, or ctx's error.
+	Wait(ctx context.Context) (PubAck, error)
 }
 
-// pubAckError reads a raw publish acknowledgement and returns its error.
-func pubAckError(data []byte) error {
-	var ack struct {
-		Error *apiError `json:"error"`
+// Publish stores one message and waits for the stream's acknowledgement.
+func (b *Bus) Publish(ctx context.Context, p Publication) (PubAck, error) {
+	return b.publish(ctx, p, nil)
+}
+
+func (b *Bus) publish(ctx context.Context, p Publication, hdr nats.Header) (PubAck, error) {
+	m := &nats.Msg{Subject: p.Subject, Data: p.Data, Header: hdr}
+	var opts []jetstream.PublishOpt
+	if p.MsgID != "" {
+		opts = append(opts, jetstream.WithMsgID(p.MsgID))
 	}
-	if err := json.Unmarshal(data, &ack); err != nil {
-		return fmt.Errorf("unreadable publish acknowledgement %q: %w", data, err)
+	ack, err := b.js.PublishMsg(ctx, m, opts...)
+	if err != nil {
+		return PubAck{}, fmt.Errorf("publish to %s: %w", p.Subject, transient(err))
 	}
-	if ack.Error != nil {
-		return ack.Error
+	return PubAck{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// PublishAsync stores one message without waiting; the future tells the
+// outcome and must be checked (a missing acknowledgement is a lost
+// message). The number in flight is bounded by the connection's settings:
+// PublishAsync blocks while too many are pending.
+func (b *Bus) PublishAsync(p Publication) (Future, error) {
+	f, err := b.publishAsync(p)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	return future{f}, nil
+}
+
+func (b *Bus) publishAsync(p Publication) (jetstream.PubAckFuture, error) {
+	m := &nats.Msg{Subject: p.Subject, Data: p.Data}
+	var opts []jetstream.PublishOpt
+	if p.MsgID != "" {
+		opts = append(opts, jetstream.WithMsgID(p.MsgID))
+	}
+	f, err := b.js.PublishMsgAsync(m, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", p.Subject, transient(err))
+	}
+	return f, nil
+}
+
+type future struct{ f jetstream.PubAckFuture }
+
+func (f future) Wait(ctx context.Context) (PubAck, error) {
+	select {
+	case a := <-f.f.Ok():
+		return PubAck{Seq: a.Sequence, Duplicate: a.Duplicate}, nil
+	case err := <-f.f.Err():
+		return PubAck{}, fmt.Errorf("publish to %s: %w", f.f.Msg().Subject, transient(err))
+	case <-ctx.Done():
+		return PubAck{}, ctx.Err()
+	}
+}
+
+// PublishAsyncComplete is closed when every asynchronous publish so far is
+// acknowledged or failed.
+func (b *Bus) PublishAsyncComplete() <-chan struct{} { return b.js.PublishAsyncComplete() }
+
+// transientError marks a failure of the bus (a timeout, a lost connection)
+// as worth another try: the message's own fate is not decided by it.
+type transientError struct{ error }
+
+func (transientError) Retryable() bool { return true }
+func (e transientError) Unwrap() error { return e.error }
+
+func transient(err error) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return err
+	}
+	return transientError{err}
 }
 
 func isWrongLastSequence(err error) bool {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		return ae.ErrCode == int(jetstream.JSErrCodeStreamWrongLastSequence) || ae.ErrCode == int(jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-	}
 	var je jetstream.JetStreamError
 	if errors.As(err, &je) && je.APIError() != nil {
 		c := je.APIError().ErrorCode
@@ -47,39 +103,3 @@ func isWrongLastSequence(err error) bool {
 	}
 	return false
 }
-
-// Publish stores one message and waits for the stream's acknowledgement.
-// msgID, when set, is its Nats-Msg-Id.
-func (b *Bus) Publish(ctx context.Context, subject, msgID string, data []byte, hdr nats.Header) (*jetstream.PubAck, error) {
-	m := &nats.Msg{Subject: subject, Data: data, Header: hdr}
-	var opts []jetstream.PublishOpt
-	if msgID != "" {
-		opts = append(opts, jetstream.WithMsgID(msgID))
-	}
-	ack, err := b.js.PublishMsg(ctx, m, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("publish to %s: %w", subject, err)
-	}
-	return ack, nil
-}
-
-// PublishAsync stores one message without waiting; the future tells the
-// outcome and must be checked (a missing acknowledgement is a lost
-// message). The number in flight is bounded by the connection's settings:
-// PublishAsync blocks while too many are pending.
-func (b *Bus) PublishAsync(subject, msgID string, data []byte, hdr nats.Header) (jetstream.PubAckFuture, error) {
-	m := &nats.Msg{Subject: subject, Data: data, Header: hdr}
-	var opts []jetstream.PublishOpt
-	if msgID != "" {
-		opts = append(opts, jetstream.WithMsgID(msgID))
-	}
-	f, err := b.js.PublishMsgAsync(m, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("publish to %s: %w", subject, err)
-	}
-	return f, nil
-}
-
-// PublishAsyncComplete is closed when every asynchronous publish so far is
-// acknowledged or failed.
-func (b *Bus) PublishAsyncComplete() <-chan struct{} { return b.js.PublishAsyncComplete() }

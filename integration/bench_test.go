@@ -14,8 +14,7 @@ import (
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
-	"github.com/tqtriage/tqtriage/report"
+	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 	"github.com/tqtriage/tqtriage/worker"
 )
@@ -50,11 +49,6 @@ func BenchmarkPipeline(b *testing.B) {
 
 func benchRun(b *testing.B, jobs, concurrency int, latency time.Duration, rateLimit float64) {
 	b.StopTimer()
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
 	sim := triagesim.New(triagesim.Options{Latency: latency})
 	if rateLimit > 0 {
 		sim.SetRateLimit(rateLimit, 0, time.Second)
@@ -62,39 +56,32 @@ func benchRun(b *testing.B, jobs, concurrency int, latency time.Duration, rateLi
 	ts := httptest.NewServer(sim)
 	defer ts.Close()
 	log := zerolog.Nop()
-	bs, err := bus.Connect(context.Background(), bus.Config{InProcess: srv}, log)
+	bs, stop, err := pipeline.Embedded(context.Background(), b.TempDir(), bus.Config{}, log)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer bs.Close()
-	tc, _, err := pipeline.NewTriage(context.Background(), pipeline.TriageSettings{BaseURL: ts.URL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret, RateLimit: rateLimit})
+	defer stop()
+	tc, err := pipeline.NewTriage(context.Background(), pipeline.TriageSettings{BaseURL: ts.URL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret, RateLimit: rateLimit})
 	if err != nil {
 		b.Fatal(err)
 	}
-	w, err := worker.New(worker.Config{ObjectsPerRun: jobs, Retry: retry.Policy{MaxAttempts: 3}}, tc, bs, log, nil)
+	w, err := worker.New(worker.Config{ObjectsPerRun: jobs, Retry: retry.Policy{MaxAttempts: 3}, Concurrency: concurrency}, tc, bs)
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- pipeline.ServeWorkers(ctx, bs, w, concurrency) }()
-	inds := sampleIndicators("bench", jobs)
-	items := func(yield func(publish.Item) bool) {
-		for i, s := range inds {
-			if !yield(publish.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: s.Type, Value: s.Value}}) {
-				return
-			}
-		}
-	}
+	go func() { served <- pipeline.ServeWorkers(ctx, bs, w, log, nil) }()
+	items := itemsOf(sampleIndicators("bench", jobs))
 	runtime.GC()
 	cpu0 := cpuTime()
 	start := time.Now()
 	b.StartTimer()
-	run, err := publish.Publish(context.Background(), bs, publish.Options{Action: message.ActionCreate}, items, log)
+	rec, err := run.Publish(context.Background(), bs, run.Options{Action: message.ActionCreate}, items, log)
 	if err != nil {
 		b.Fatal(err)
 	}
-	tally, _, err := publish.Wait(context.Background(), bs, run.ID, publish.WaitOptions{})
+	tally, _, err := run.Follow(context.Background(), bs, rec.ID, run.FollowOptions{})
 	b.StopTimer()
 	elapsed := time.Since(start)
 	cpu := cpuTime() - cpu0
@@ -117,7 +104,7 @@ func benchRun(b *testing.B, jobs, concurrency int, latency time.Duration, rateLi
 		jobs, elapsed.Round(time.Millisecond), rate, bound, rate/bound, st.RateLimited, st.Total(), float64(cpu.Microseconds())/float64(jobs))
 }
 
-func lineOf(t *report.Tally, total int) string {
+func lineOf(t *run.Tally, total int) string {
 	if t == nil {
 		return "no results"
 	}

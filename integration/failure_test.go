@@ -3,19 +3,19 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"sync"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
-	"github.com/tqtriage/tqtriage/report"
+	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/triage"
 	"github.com/tqtriage/tqtriage/worker"
 )
@@ -27,35 +27,26 @@ import (
 func TestCapIsExactWithThreePoolsSharingARun(t *testing.T) {
 	e := newEnv(t)
 	const total, limit = 500, 200
-	cfg := workerConfig()
+	cfg := withConcurrency(workerConfig(), 8)
 	cfg.ObjectsPerRun = limit
 	for i := 0; i < 3; i++ {
-		b := e.bus()
-		w := e.worker(b, cfg)
-		serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, 8) })
+		e.serveWorkers(cfg)
 	}
 	pub := e.bus()
 	inds := sampleIndicators("cap", total)
-	items := func(yield func(publish.Item) bool) {
-		for i, s := range inds[:total-100] {
-			if !yield(publish.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: s.Type, Value: s.Value}}) {
-				return
-			}
-		}
-	}
-	run, err := publish.Publish(context.Background(), pub, publish.Options{RunID: "cap-run", Action: message.ActionCreate}, items, e.log)
+	rec, err := run.Publish(context.Background(), pub, run.Options{ID: "cap-run", Action: message.ActionCreate}, itemsOf(inds[:total-100]), e.log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, s := range inds[total-100:] {
-		job := message.Job{V: 1, RunID: run.ID, Action: message.ActionCreate,
+		job := message.Job{V: 1, RunID: rec.ID, Action: message.ActionCreate,
 			Indicator: message.Indicator{ID: int64(total - 100 + i + 1), Type: s.Type, Value: s.Value}}
 		data, _ := json.Marshal(job)
-		if _, err := pub.Publish(context.Background(), message.JobSubject(message.ActionCreate), "", data, nil); err != nil {
+		if _, err := pub.Publish(context.Background(), bus.Publication{Subject: message.JobSubject(message.ActionCreate), Data: data}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	tally := waitStatus(t, pub, run.ID, time.Minute, func(tl *report.Tally) bool { return tl.Done() == total })
+	tally := waitStatus(t, pub, rec.ID, time.Minute, func(tl *run.Tally) bool { return tl.Done() == total })
 	if c, s := tally.Count(message.StatusCreated), tally.Count(message.StatusSkipped); c != limit || s != total-limit {
 		t.Fatalf("created %d, skipped %d; want exactly %d and %d", c, s, limit, total-limit)
 	}
@@ -88,11 +79,53 @@ func (s *stopAfterTriage) CreateIndicator(ctx context.Context, in triage.NewIndi
 	return ind, err
 }
 
-// noAck drops acknowledgements, as a process killed after storing the
-// result but before acknowledging its job.
-type noAck struct{ jetstream.Msg }
-
-func (noAck) Ack() error { return nil }
+// crashAfterResult is a first replica that takes one job, stores its
+// result and dies before acknowledging it: a consumer of its own on the
+// workers' durable, closed without an Ack.
+func crashAfterResult(t *testing.T, e *env, w *worker.Worker) {
+	t.Helper()
+	nc, err := nats.Connect(e.srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := js.Consumer(ctx, bus.StreamJobs, bus.ConsumerWorkers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, ok := <-batch.Messages()
+	if !ok {
+		t.Fatalf("the first replica got no job: %v", batch.Error())
+	}
+	job, err := message.ParseJob(m.Subject(), m.Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := m.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := w.Handle(ctx, job, bus.Attempt{N: 1, Max: 5, Subject: m.Subject(), Seq: md.Sequence.Stream})
+	if out.Kind() != bus.KindDone || len(out.Publications()) != 1 {
+		t.Fatalf("first replica's outcome: %v", out.Kind())
+	}
+	b := e.bus()
+	for _, p := range out.Publications() {
+		if _, err := b.Publish(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 func TestRedeliveryAfterAWorkerStopsCreatesNoSecondIndicatorOrResult(t *testing.T) {
 	for _, tc := range []struct {
@@ -106,62 +139,53 @@ func TestRedeliveryAfterAWorkerStopsCreatesNoSecondIndicatorOrResult(t *testing.
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			b1 := e.bus()
-			var handler bus.Handler
-			var crashed chan struct{}
-			pctx, stopFirst := context.WithCancel(context.Background())
-			if tc.afterResult {
-				w := e.worker(b1, workerConfig())
-				crashed = make(chan struct{})
-				var once sync.Once
-				handler = func(ctx context.Context, m jetstream.Msg) {
-					w.Handle(ctx, noAck{m})
-					once.Do(func() { close(crashed) })
-				}
-			} else {
-				s := &stopAfterTriage{Triage: e.triageClient(), hit: make(chan struct{}), stop: stopFirst}
-				s.armed.Store(true)
-				w, err := worker.New(workerConfig(), s, b1, e.log, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				crashed = s.hit
-				handler = w.Handle
-			}
-			done := make(chan error, 1)
-			go func() {
-				done <- b1.Consume(pctx, bus.ConsumerWorkers, bus.ConsumeOptions{Concurrency: 1, Grace: time.Millisecond}, handler)
-			}()
 			pub := e.bus()
 			item := sampleIndicators("crash", 1)[0]
 			job := message.Job{V: 1, RunID: "crash-run", Action: message.ActionCreate, Seq: 1,
-				Indicator: message.Indicator{ID: 77, Type: item.Type, Value: item.Value}}
+				Indicator: message.Indicator{ID: 77, Type: item.Type, Value: item.Value}, ReplyTo: message.ResultSubject("crash-run")}
 			data, _ := json.Marshal(job)
-			if _, err := pub.Publish(context.Background(), message.JobSubject(job.Action), message.MsgID(job.RunID, job.Action, 77), data, nil); err != nil {
+			if _, err := pub.Publish(context.Background(), bus.Publication{Subject: message.JobSubject(job.Action), MsgID: message.MsgID(job.RunID, job.Action, 77), Data: data}); err != nil {
 				t.Fatal(err)
 			}
-			if err := pub.PutRun(context.Background(), bus.Run{ID: job.RunID, Action: job.Action, Total: 1, Published: true}); err != nil {
+			rec, _ := json.Marshal(run.Record{ID: job.RunID, Action: job.Action, Total: 1, Published: true})
+			if err := pub.PutRunRecord(context.Background(), job.RunID, rec); err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case <-crashed:
-			case <-time.After(30 * time.Second):
-				t.Fatal("the first worker never reached the crash point")
+
+			if tc.afterResult {
+				b1 := e.bus()
+				crashAfterResult(t, e, e.worker(b1, workerConfig()))
+			} else {
+				b1 := e.bus()
+				pctx, stopFirst := context.WithCancel(context.Background())
+				s := &stopAfterTriage{Triage: e.triageClient(0), hit: make(chan struct{}), stop: stopFirst}
+				s.armed.Store(true)
+				w, err := worker.New(workerConfig(), s, b1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c := w.Consumer(e.log, nil)
+				c.Concurrency, c.Grace = 1, time.Millisecond
+				done := make(chan error, 1)
+				go func() { done <- bus.Serve(pctx, b1, c) }()
+				select {
+				case <-s.hit:
+				case <-time.After(30 * time.Second):
+					t.Fatal("the first worker never reached the crash point")
+				}
+				stopFirst()
+				b1.Close() // the process is gone: its connection with it
+				<-done
 			}
-			stopFirst()
-			b1.Close() // the process is gone: its connection with it
-			<-done
 
 			// A second replica takes the job once its ack wait runs out.
-			b2 := e.bus()
-			w2 := e.worker(b2, workerConfig())
-			serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b2, w2, 4) })
+			b2 := e.serveWorkers(withConcurrency(workerConfig(), 4))
 			waitJobsSettled(t, pub)
 
 			if n := e.triage.Len(); n != 1 {
 				t.Fatalf("Triage holds %d indicators; want 1", n)
 			}
-			rs := results(t, pub, job.RunID)[77]
+			rs := results(t, b2, job.RunID)[77]
 			if len(rs) != 1 {
 				t.Fatalf("%d results stored for the job; want exactly one: %+v", len(rs), rs)
 			}
@@ -176,30 +200,6 @@ func TestRedeliveryAfterAWorkerStopsCreatesNoSecondIndicatorOrResult(t *testing.
 	}
 }
 
-// waitJobsSettled waits until the jobs stream is empty: every job
-// acknowledged (a work queue removes what is acknowledged).
-func waitJobsSettled(t *testing.T, b *bus.Bus) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		s, err := b.JetStream().Stream(context.Background(), bus.StreamJobs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := s.Info(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.State.Msgs == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d jobs still unacknowledged", info.State.Msgs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestTriageFailingForAWhileIsRetriedThenSucceeds(t *testing.T) {
 	e := newEnv(t)
 	e.collection("f1", sampleIndicators("flaky", 12))
@@ -207,15 +207,15 @@ func TestTriageFailingForAWhileIsRetriedThenSucceeds(t *testing.T) {
 	// 40 failures in a row: more than one delivery's tries of the
 	// first jobs, fewer than all their deliveries.
 	e.triage.FailNext(40, 503)
-	out := e.run(o, message.ActionCreate, "f1", publish.Options{})
+	out := e.run(o, message.ActionCreate, "f1", run.Options{})
 	if out.Failed() || out.Tally.Count(message.StatusCreated) != 12 {
-		t.Fatalf("%s; want all 12 created despite the failures", out.Tally.Line(out.Run.Total))
+		t.Fatalf("%s; want all 12 created despite the failures", out.Tally.Line(out.Record.Total))
 	}
 	if st := e.triage.Stats(); st.ServerErrors != 40 || e.triage.Len() != 12 {
 		t.Fatalf("Triage answered %d 5xx and holds %d; want 40 and 12", st.ServerErrors, e.triage.Len())
 	}
 	var maxAttempts int
-	for _, rs := range results(t, o.Bus, out.Run.ID) {
+	for _, rs := range results(t, o.Bus, out.Record.ID) {
 		maxAttempts = max(maxAttempts, rs[0].Attempts)
 	}
 	if maxAttempts < 2 {
@@ -230,41 +230,41 @@ func TestTriageFailingForGoodIsFailedAndDeadLetteredThenReplayed(t *testing.T) {
 	cfg.MaxDeliver = 3
 	o := e.once(cfg)
 	e.triage.SetFailureRate(1)
-	out := e.run(o, message.ActionCreate, "f2", publish.Options{})
+	out := e.run(o, message.ActionCreate, "f2", run.Options{})
 	if !out.Failed() || out.Tally.Count(message.StatusFailed) != 6 {
-		t.Fatalf("%s; want all 6 failed", out.Tally.Line(out.Run.Total))
+		t.Fatalf("%s; want all 6 failed", out.Tally.Line(out.Record.Total))
 	}
-	for _, rs := range results(t, o.Bus, out.Run.ID) {
+	for _, rs := range results(t, o.Bus, out.Record.ID) {
 		if rs[0].Reason == "" || rs[0].Attempts != 3 {
 			t.Fatalf("failed result %+v; want a reason and 3 deliveries", rs[0])
 		}
 	}
 	var letters []bus.DeadLetter
-	if err := o.Bus.ListDLQ(context.Background(), message.DLQSubject(message.ActionCreate), func(d bus.DeadLetter) bool {
+	if err := o.Bus.ListDLQ(context.Background(), message.LettersCreate, func(d bus.DeadLetter) bool {
 		letters = append(letters, d)
 		return true
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if len(letters) != 6 || letters[0].Reason() == "" || letters[0].Header.Get(message.HeaderRunID) != out.Run.ID {
+	if len(letters) != 6 || letters[0].Reason == "" || letters[0].RunID != out.Record.ID {
 		t.Fatalf("%d dead letters (first %+v); want 6 with reason and run", len(letters), letters)
 	}
 
 	// Triage is back: replay the dead letters.
 	e.triage.SetFailureRate(0)
-	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, o.Bus, o.Worker, 8) })
-	n, err := o.Bus.Replay(context.Background(), message.ActionCreate, nil)
+	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, o.Bus, o.Worker, e.log, nil) })
+	n, err := o.Bus.Replay(context.Background(), message.LettersCreate, nil)
 	if err != nil || n != 6 {
 		t.Fatalf("replayed %d, err %v; want 6", n, err)
 	}
-	tally := waitStatus(t, o.Bus, out.Run.ID, time.Minute, func(tl *report.Tally) bool {
+	tally := waitStatus(t, o.Bus, out.Record.ID, time.Minute, func(tl *run.Tally) bool {
 		return tl.Count(message.StatusCreated) == 6
 	})
 	if tally.Count(message.StatusFailed) != 0 || tally.Done() != 6 || e.triage.Len() != 6 {
 		t.Fatalf("after replay: %s, Triage holds %d", tally.Line(6), e.triage.Len())
 	}
 	left := 0
-	_ = o.Bus.ListDLQ(context.Background(), message.DLQSubject(message.ActionCreate), func(bus.DeadLetter) bool { left++; return true })
+	_ = o.Bus.ListDLQ(context.Background(), message.LettersCreate, func(bus.DeadLetter) bool { left++; return true })
 	if left != 0 {
 		t.Fatalf("%d dead letters left after a successful replay", left)
 	}
@@ -275,7 +275,7 @@ func TestPermanentTriageErrorFailsAtOnce(t *testing.T) {
 	e.collection("f3", sampleIndicators("perm", 3))
 	o := e.once(workerConfig())
 	e.triage.FailNext(1000, 403)
-	out := e.run(o, message.ActionCreate, "f3", publish.Options{})
+	out := e.run(o, message.ActionCreate, "f3", run.Options{})
 	if out.Tally.Count(message.StatusFailed) != 3 {
 		t.Fatalf("%s; want 3 failed", out.Tally.Line(3))
 	}
@@ -288,9 +288,7 @@ const triageTokenEndpoint = "POST /oauth/token"
 
 func TestUnparseableJobIsDeadLetteredAndAcknowledged(t *testing.T) {
 	e := newEnv(t)
-	b := e.bus()
-	w := e.worker(b, workerConfig())
-	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, 4) })
+	b := e.serveWorkers(withConcurrency(workerConfig(), 4))
 	bad := map[string]string{
 		"not JSON":        "this is not a job",
 		"wrong version":   `{"v":2,"run_id":"r","action":"create","indicator":{"id":1,"type":"MD5","value":"x"}}`,
@@ -298,14 +296,14 @@ func TestUnparseableJobIsDeadLetteredAndAcknowledged(t *testing.T) {
 		"action mismatch": `{"v":1,"run_id":"r","action":"update","indicator":{"id":1,"type":"MD5","value":"x"}}`,
 	}
 	for _, raw := range bad {
-		if _, err := b.Publish(context.Background(), message.JobSubject(message.ActionCreate), "", []byte(raw), nil); err != nil {
+		if _, err := b.Publish(context.Background(), bus.Publication{Subject: message.JobSubject(message.ActionCreate), Data: []byte(raw)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waitJobsSettled(t, b)
 	got := map[string]string{}
-	if err := b.ListDLQ(context.Background(), message.DLQInvalid, func(d bus.DeadLetter) bool {
-		got[string(d.Data)] = d.Reason()
+	if err := b.ListDLQ(context.Background(), message.LettersInvalid, func(d bus.DeadLetter) bool {
+		got[string(d.Data)] = d.Reason
 		return true
 	}); err != nil {
 		t.Fatal(err)
@@ -315,9 +313,9 @@ func TestUnparseableJobIsDeadLetteredAndAcknowledged(t *testing.T) {
 			t.Errorf("%s: dead letter %q with reason %q missing", name, raw, reason)
 		}
 	}
-	info, err := b.ConsumerInfo(context.Background(), bus.ConsumerWorkers)
-	if err != nil || info.NumAckPending != 0 || info.NumPending != 0 {
-		t.Fatalf("consumer still holds jobs: %+v, %v", info, err)
+	st, err := b.ConsumerState(context.Background(), bus.ConsumerWorkers)
+	if err != nil || st.AckPending != 0 || st.Pending != 0 {
+		t.Fatalf("consumer still holds jobs: %+v, %v", st, err)
 	}
 }
 
@@ -336,24 +334,18 @@ func TestThreatQOutageDelaysWritebackAndLosesNothing(t *testing.T) {
 	items := e.items(ctx, "q1")
 	// The collection is read before the outage begins; the outage then
 	// hits write-back only.
-	var buf []publish.Item
+	var buf []run.Item
 	e.threatq.SetDown(false)
 	for it := range items {
 		buf = append(buf, it)
 	}
 	e.threatq.SetDown(true)
 	go func() {
-		out, err := o.Run(ctx, publish.Options{Action: message.ActionCreate, RunID: "outage-run"}, func(yield func(publish.Item) bool) {
-			for _, it := range buf {
-				if !yield(it) {
-					return
-				}
-			}
-		}, publish.WaitOptions{})
+		out, err := o.Run(ctx, run.Options{Action: message.ActionCreate, ID: "outage-run"}, slices.Values(buf), run.FollowOptions{})
 		done <- res{out, err}
 	}()
 	// Every job gets its result while ThreatQ is down …
-	waitStatus(t, o.Bus, "outage-run", time.Minute, func(tl *report.Tally) bool { return tl.Done() == 10 })
+	waitStatus(t, o.Bus, "outage-run", time.Minute, func(tl *run.Tally) bool { return tl.Done() == 10 })
 	time.Sleep(500 * time.Millisecond) // some write-back attempts fail meanwhile
 	select {
 	case r := <-done:
@@ -369,7 +361,7 @@ func TestThreatQOutageDelaysWritebackAndLosesNothing(t *testing.T) {
 	e.threatq.SetDown(false)
 	r := <-done
 	if r.err != nil || r.out.Failed() {
-		t.Fatalf("run: %v, %s, write-back failures %d", r.err, r.out.Tally.Line(10), len(r.out.WritebackFailures))
+		t.Fatalf("run: %v, %s, write-back failures %d", r.err, r.out.Tally.Line(10), r.out.Tally.WritebackFailures())
 	}
 	for _, id := range ids {
 		got := attrs(e.threatq, id)
@@ -387,23 +379,15 @@ func TestShutdownMidRunLosesNothing(t *testing.T) {
 	e.triage.SetLatency(50*time.Millisecond, 0)
 	const total = 60
 	b := e.bus()
-	w := e.worker(b, workerConfig())
+	w := e.worker(b, withConcurrency(workerConfig(), 8))
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- pipeline.ServeWorkers(ctx, b, w, 8) }()
-	inds := sampleIndicators("stop", total)
-	items := func(yield func(publish.Item) bool) {
-		for i, s := range inds {
-			if !yield(publish.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: s.Type, Value: s.Value}}) {
-				return
-			}
-		}
-	}
-	run, err := publish.Publish(context.Background(), b, publish.Options{RunID: "stop-run", Action: message.ActionCreate}, items, e.log)
+	go func() { done <- pipeline.ServeWorkers(ctx, b, w, e.log, nil) }()
+	rec, err := run.Publish(context.Background(), b, run.Options{ID: "stop-run", Action: message.ActionCreate}, itemsOf(sampleIndicators("stop", total)), e.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStatus(t, b, run.ID, time.Minute, func(tl *report.Tally) bool { return tl.Done() >= 10 })
+	waitStatus(t, b, rec.ID, time.Minute, func(tl *run.Tally) bool { return tl.Done() >= 10 })
 	stop() // SIGTERM
 	select {
 	case err := <-done:
@@ -413,20 +397,18 @@ func TestShutdownMidRunLosesNothing(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("worker did not stop")
 	}
-	mid, _, _ := publish.Status(context.Background(), b, run.ID)
+	mid, _, _ := run.Status(context.Background(), b, rec.ID)
 	if mid.Done() == total {
 		t.Fatal("the run finished before the stop; the test proved nothing")
 	}
 	// Another replica finishes the run: every job exactly one result.
-	b2 := e.bus()
-	w2 := e.worker(b2, workerConfig())
-	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b2, w2, 8) })
-	tally := waitStatus(t, b2, run.ID, time.Minute, func(tl *report.Tally) bool { return tl.Done() == total })
+	b2 := e.serveWorkers(withConcurrency(workerConfig(), 8))
+	tally := waitStatus(t, b2, rec.ID, time.Minute, func(tl *run.Tally) bool { return tl.Done() == total })
 	waitJobsSettled(t, b2)
 	if tally.Count(message.StatusCreated) != total || e.triage.Len() != total {
 		t.Fatalf("%s; Triage holds %d", tally.Line(total), e.triage.Len())
 	}
-	perJob := results(t, b2, run.ID)
+	perJob := results(t, b2, rec.ID)
 	for id, rs := range perJob {
 		if len(rs) != 1 {
 			t.Fatalf("indicator %d has %d results", id, len(rs))

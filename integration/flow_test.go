@@ -3,12 +3,12 @@ package integration
 import (
 	"context"
 	"errors"
+	"iter"
 	"testing"
 
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/message"
-	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
+	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 )
 
@@ -27,19 +27,19 @@ func TestCreateTwiceAnswersExists(t *testing.T) {
 	ids := e.collection("c1", inds)
 	o := e.once(workerConfig())
 
-	first := e.run(o, message.ActionCreate, "c1", publish.Options{})
+	first := e.run(o, message.ActionCreate, "c1", run.Options{})
 	if first.Failed() || first.Tally.Count(message.StatusCreated) != 40 {
-		t.Fatalf("first run: %s", first.Tally.Line(first.Run.Total))
+		t.Fatalf("first run: %s", first.Tally.Line(first.Record.Total))
 	}
-	second := e.run(o, message.ActionCreate, "c1", publish.Options{})
+	second := e.run(o, message.ActionCreate, "c1", run.Options{})
 	if second.Failed() || second.Tally.Count(message.StatusExists) != 40 || second.Tally.Done() != 40 {
-		t.Fatalf("second run: %s; want all 40 exists and no failure", second.Tally.Line(second.Run.Total))
+		t.Fatalf("second run: %s; want all 40 exists and no failure", second.Tally.Line(second.Record.Total))
 	}
 	if n := e.triage.Len(); n != 40 {
 		t.Fatalf("Triage holds %d indicators; want one per indicator, 40", n)
 	}
 	// Both runs answered with the same Triage id, written back once.
-	r1, r2 := results(t, o.Bus, first.Run.ID), results(t, o.Bus, second.Run.ID)
+	r1, r2 := results(t, o.Bus, first.Record.ID), results(t, o.Bus, second.Record.ID)
 	for i, id := range ids {
 		a, b := r1[id], r2[id]
 		if len(a) != 1 || len(b) != 1 {
@@ -59,8 +59,8 @@ func TestUpdateWithAnotherLevelChangesTriageAndThreatQInPlace(t *testing.T) {
 	e := newEnv(t)
 	ids := e.collection("c2", sampleIndicators("update", 20))
 	o := e.once(workerConfig())
-	if out := e.run(o, message.ActionCreate, "c2", publish.Options{}); out.Failed() {
-		t.Fatalf("create: %s", out.Tally.Line(out.Run.Total))
+	if out := e.run(o, message.ActionCreate, "c2", run.Options{}); out.Failed() {
+		t.Fatalf("create: %s", out.Tally.Line(out.Record.Total))
 	}
 	before := map[int64]map[string]int64{} // attribute row ids by name
 	for _, id := range ids {
@@ -70,9 +70,9 @@ func TestUpdateWithAnotherLevelChangesTriageAndThreatQInPlace(t *testing.T) {
 		}
 	}
 
-	out := e.run(o, message.ActionUpdate, "c2", publish.Options{ThreatLevel: "Benign", ThreatSource: "SOC feed"})
+	out := e.run(o, message.ActionUpdate, "c2", run.Options{ThreatLevel: "Benign", ThreatSource: "SOC feed"})
 	if out.Failed() || out.Tally.Count(message.StatusUpdated) != 20 {
-		t.Fatalf("update: %s", out.Tally.Line(out.Run.Total))
+		t.Fatalf("update: %s", out.Tally.Line(out.Record.Total))
 	}
 	for _, ind := range e.triage.Indicators() {
 		if ind.ThreatLevel != "Benign" || ind.ThreatSource != "SOC feed" {
@@ -110,13 +110,13 @@ func TestUpdateOfAbsentIndicatorIsNotFoundOrCreatedWithUpsert(t *testing.T) {
 	e := newEnv(t)
 	e.collection("c3", sampleIndicators("absent", 8))
 	o := e.once(workerConfig())
-	out := e.run(o, message.ActionUpdate, "c3", publish.Options{})
+	out := e.run(o, message.ActionUpdate, "c3", run.Options{})
 	if out.Failed() || out.Tally.Count(message.StatusNotFound) != 8 || e.triage.Len() != 0 {
-		t.Fatalf("update without upsert: %s, Triage holds %d", out.Tally.Line(out.Run.Total), e.triage.Len())
+		t.Fatalf("update without upsert: %s, Triage holds %d", out.Tally.Line(out.Record.Total), e.triage.Len())
 	}
-	out = e.run(o, message.ActionUpdate, "c3", publish.Options{Upsert: true})
+	out = e.run(o, message.ActionUpdate, "c3", run.Options{Upsert: true})
 	if out.Failed() || out.Tally.Count(message.StatusCreated) != 8 || e.triage.Len() != 8 {
-		t.Fatalf("update with upsert: %s, Triage holds %d", out.Tally.Line(out.Run.Total), e.triage.Len())
+		t.Fatalf("update with upsert: %s, Triage holds %d", out.Tally.Line(out.Record.Total), e.triage.Len())
 	}
 }
 
@@ -133,14 +133,14 @@ func TestInvalidAndUnsupportedAreAnsweredInvalidAndNeverSent(t *testing.T) {
 	good := sampleIndicators("mixed", 4)
 	ids := e.collection("c4", append(bad, good...))
 	o := e.once(workerConfig())
-	out := e.run(o, message.ActionCreate, "c4", publish.Options{})
+	out := e.run(o, message.ActionCreate, "c4", run.Options{})
 	if out.Failed() || out.Tally.Count(message.StatusInvalid) != len(bad) || out.Tally.Count(message.StatusCreated) != len(good) {
-		t.Fatalf("%s", out.Tally.Line(out.Run.Total))
+		t.Fatalf("%s", out.Tally.Line(out.Record.Total))
 	}
 	if st := e.triage.Stats(); st.Creates != int64(len(good)) || st.Invalid != 0 {
 		t.Fatalf("Triage received %d creates and %d invalid ones; want %d and 0", st.Creates, st.Invalid, len(good))
 	}
-	rs := results(t, o.Bus, out.Run.ID)
+	rs := results(t, o.Bus, out.Record.ID)
 	for _, id := range ids[:len(bad)] {
 		r := rs[id]
 		if len(r) != 1 || r[0].Status != message.StatusInvalid || r[0].Reason == "" || len(r[0].Attributes) != 0 {
@@ -157,32 +157,30 @@ func TestInvalidAndUnsupportedAreAnsweredInvalidAndNeverSent(t *testing.T) {
 // rest, and the run ends with one result per indicator.
 func TestResumedRunQueuesEachIndicatorOnce(t *testing.T) {
 	e := newEnv(t)
-	b := e.bus()
-	w := e.worker(b, workerConfig())
-	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, 8) })
+	b := e.serveWorkers(withConcurrency(workerConfig(), 8))
 	inds := sampleIndicators("resume", 10)
-	source := func(upTo int, fail bool) func(func(publish.Item) bool) {
-		return func(yield func(publish.Item) bool) {
-			for i, s := range inds[:upTo] {
-				if !yield(publish.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: s.Type, Value: s.Value}}) {
+	source := func(upTo int, fail bool) iter.Seq[run.Item] {
+		return func(yield func(run.Item) bool) {
+			for it := range itemsOf(inds[:upTo]) {
+				if !yield(it) {
 					return
 				}
 			}
 			if fail {
-				yield(publish.Item{Err: errors.New("ThreatQ went away")})
+				yield(run.Item{Err: errors.New("ThreatQ went away")})
 			}
 		}
 	}
-	opts := publish.Options{RunID: "resume-run", Action: message.ActionCreate}
-	first, err := publish.Publish(context.Background(), b, opts, source(6, true), e.log)
+	opts := run.Options{ID: "resume-run", Action: message.ActionCreate}
+	first, err := run.Publish(context.Background(), b, opts, source(6, true), e.log)
 	if err == nil || first.Total != 6 || first.Error == "" {
 		t.Fatalf("first publish: %+v, %v; want 6 jobs and the source's error recorded", first, err)
 	}
-	second, err := publish.Publish(context.Background(), b, opts, source(10, false), e.log)
+	second, err := run.Publish(context.Background(), b, opts, source(10, false), e.log)
 	if err != nil || second.Total != 10 || second.MaxSeq != 16 {
 		t.Fatalf("resumed publish: %+v, %v; want a total of 10", second, err)
 	}
-	tally, _, err := publish.Wait(context.Background(), b, "resume-run", publish.WaitOptions{})
+	tally, _, err := run.Follow(context.Background(), b, "resume-run", run.FollowOptions{})
 	if err != nil || tally.Done() != 10 || tally.Count(message.StatusCreated) != 10 {
 		t.Fatalf("wait: %v, %s", err, tally.Line(10))
 	}

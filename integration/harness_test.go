@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"iter"
 	"net/http/httptest"
 	"sync"
 	"testing"
@@ -12,11 +13,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/bus/bustest"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
-	"github.com/tqtriage/tqtriage/report"
+	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 	"github.com/tqtriage/tqtriage/worker"
@@ -41,12 +42,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	e := &env{t: t, srv: srv, triage: triagesim.New(triagesim.Options{}), threatq: threatqsim.New(threatqsim.Options{})}
+	e := &env{t: t, srv: bustest.Server(t), triage: triagesim.New(triagesim.Options{}), threatq: threatqsim.New(threatqsim.Options{})}
 	ts := httptest.NewServer(e.triage)
 	qs := httptest.NewServer(e.threatq)
 	t.Cleanup(ts.Close)
@@ -58,13 +54,7 @@ func newEnv(t *testing.T) *env {
 
 // bus opens a connection of its own, as a separate process would.
 func (e *env) bus() *bus.Bus {
-	e.t.Helper()
-	b, err := bus.Connect(context.Background(), bus.Config{URL: e.srv.ClientURL(), AckWait: ackWait}, e.log)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(b.Close)
-	return b
+	return bustest.Connect(e.t, e.srv, bus.Config{AckWait: ackWait}, e.log)
 }
 
 // workerConfig retries fast, so that failures play out in a test's time.
@@ -72,13 +62,18 @@ func workerConfig() worker.Config {
 	return worker.Config{
 		Retry:           retry.Policy{MaxAttempts: 3, InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond},
 		RedeliveryDelay: 50 * time.Millisecond, MaxRedeliveryDelay: 200 * time.Millisecond,
-		AckWait: ackWait,
 	}
 }
 
-func (e *env) triageClient() worker.Triage {
+// withConcurrency is cfg with n jobs at once.
+func withConcurrency(cfg worker.Config, n int) worker.Config {
+	cfg.Concurrency = n
+	return cfg
+}
+
+func (e *env) triageClient(rateLimit float64) worker.Triage {
 	e.t.Helper()
-	c, _, err := pipeline.NewTriage(context.Background(), pipeline.TriageSettings{BaseURL: e.tURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
+	c, err := pipeline.NewTriage(context.Background(), pipeline.TriageSettings{BaseURL: e.tURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret, RateLimit: rateLimit})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -87,14 +82,23 @@ func (e *env) triageClient() worker.Triage {
 
 func (e *env) worker(b *bus.Bus, cfg worker.Config) *worker.Worker {
 	e.t.Helper()
-	w, err := worker.New(cfg, e.triageClient(), b, e.log, nil)
+	w, err := worker.New(cfg, e.triageClient(0), b)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return w
 }
 
-func (e *env) writer(b *bus.Bus) *writeback.Writer {
+// serveWorkers runs a worker replica on its own connection until the test
+// ends.
+func (e *env) serveWorkers(cfg worker.Config) *bus.Bus {
+	b := e.bus()
+	w := e.worker(b, cfg)
+	serve(e.t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, e.log, nil) })
+	return b
+}
+
+func (e *env) writer() *writeback.Writer {
 	e.t.Helper()
 	tq, err := pipeline.NewThreatQ(context.Background(), pipeline.ThreatQSettings{BaseURL: e.qURL, ClientID: threatqsim.DefaultClientID, ClientSecret: threatqsim.DefaultClientSecret}, retry.None)
 	if err != nil {
@@ -103,12 +107,12 @@ func (e *env) writer(b *bus.Bus) *writeback.Writer {
 	return writeback.New(writeback.Config{
 		Retry:           retry.Policy{MaxAttempts: 2, InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond},
 		RedeliveryDelay: 50 * time.Millisecond, MaxRedeliveryDelay: 300 * time.Millisecond,
-	}, tq, b, e.log, nil)
+	}, tq)
 }
 
 func (e *env) once(cfg worker.Config) pipeline.Once {
 	b := e.bus()
-	return pipeline.Once{Bus: b, Worker: e.worker(b, cfg), Writer: e.writer(b), WorkerConcurrency: 16, WritebackConcurrency: 8, Log: e.log}
+	return pipeline.Once{Bus: b, Worker: e.worker(b, cfg), Writer: e.writer(), Log: e.log}
 }
 
 // collection seeds a ThreatQ collection and returns its indicators' ids.
@@ -117,22 +121,22 @@ func (e *env) collection(hash string, inds []threatqsim.SeedIndicator) []int64 {
 }
 
 // items reads a collection through the real ThreatQ client.
-func (e *env) items(ctx context.Context, hash string) func(func(publish.Item) bool) {
+func (e *env) items(ctx context.Context, hash string) iter.Seq[run.Item] {
 	e.t.Helper()
 	tq, err := pipeline.NewThreatQ(ctx, pipeline.ThreatQSettings{BaseURL: e.qURL, ClientID: threatqsim.DefaultClientID, ClientSecret: threatqsim.DefaultClientSecret}, retry.Policy{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return publish.FromCollection(ctx, tq, hash, 50)
+	return run.FromCollection(ctx, tq, hash, 50)
 }
 
 // run is `tqtriage run` on the collection: publish, work, write back.
-func (e *env) run(o pipeline.Once, action, hash string, po publish.Options) pipeline.Outcome {
+func (e *env) run(o pipeline.Once, action message.Action, hash string, po run.Options) pipeline.Outcome {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	po.Action = action
-	out, err := o.Run(ctx, po, e.items(ctx, hash), publish.WaitOptions{})
+	out, err := o.Run(ctx, po, e.items(ctx, hash), run.FollowOptions{})
 	if err != nil {
 		e.t.Fatalf("%s run: %v", action, err)
 	}
@@ -143,11 +147,15 @@ func (e *env) run(o pipeline.Once, action, hash string, po publish.Options) pipe
 func results(t *testing.T, b *bus.Bus, runID string) map[int64][]message.Result {
 	t.Helper()
 	out := map[int64][]message.Result{}
-	err := b.ReadResults(context.Background(), message.ResultSubject(runID), false, func(r bus.StoredResult) bool {
-		if r.Status == "" {
-			t.Errorf("unreadable result: %s", r.Reason)
+	err := b.ReadRun(context.Background(), runID, false, func(s bus.Stored) bool {
+		if s.Receipt {
+			return true
 		}
-		out[r.Indicator.ID] = append(out[r.Indicator.ID], r.Result)
+		r, err := message.ParseResult(s.Data)
+		if err != nil {
+			t.Errorf("unreadable result: %v", err)
+		}
+		out[r.Indicator.ID] = append(out[r.Indicator.ID], r)
 		return true
 	})
 	if err != nil {
@@ -157,11 +165,11 @@ func results(t *testing.T, b *bus.Bus, runID string) map[int64][]message.Result 
 }
 
 // waitStatus waits until the run's tally satisfies ok.
-func waitStatus(t *testing.T, b *bus.Bus, runID string, within time.Duration, ok func(*report.Tally) bool) *report.Tally {
+func waitStatus(t *testing.T, b *bus.Bus, runID string, within time.Duration, ok func(*run.Tally) bool) *run.Tally {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		tally, _, err := publish.Status(context.Background(), b, runID)
+		tally, _, err := run.Status(context.Background(), b, runID)
 		if err == nil && ok(tally) {
 			return tally
 		}
@@ -171,6 +179,37 @@ func waitStatus(t *testing.T, b *bus.Bus, runID string, within time.Duration, ok
 				line = tally.Line(0)
 			}
 			t.Fatalf("run %s: condition not met within %v (err %v; %s)", runID, within, err, line)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// itemsOf is a source of the indicators, numbered from 1.
+func itemsOf(inds []threatqsim.SeedIndicator) iter.Seq[run.Item] {
+	return func(yield func(run.Item) bool) {
+		for i, s := range inds {
+			if !yield(run.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: s.Type, Value: s.Value}}) {
+				return
+			}
+		}
+	}
+}
+
+// waitJobsSettled waits until the jobs stream is empty: every job
+// acknowledged (a work queue removes what is acknowledged).
+func waitJobsSettled(t *testing.T, b *bus.Bus) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		n, err := b.JobsWaiting(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d jobs still unacknowledged", n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

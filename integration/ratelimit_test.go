@@ -1,15 +1,13 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
-	"github.com/tqtriage/tqtriage/triage/triagesim"
+	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/worker"
 )
 
@@ -31,19 +29,13 @@ func TestRateLimitIsHonoured(t *testing.T) {
 			e.triage.SetRateLimit(100, 0, time.Second)
 			e.collection("rl", sampleIndicators("rate", 300))
 			b := e.bus()
-			c, _, err := pipeline.NewTriage(context.Background(), pipeline.TriageSettings{
-				BaseURL: e.tURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret, RateLimit: tc.rate,
-			})
+			w, err := worker.New(withConcurrency(workerConfig(), 32), e.triageClient(tc.rate), b)
 			if err != nil {
 				t.Fatal(err)
 			}
-			w, err := worker.New(workerConfig(), c, b, e.log, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o := pipeline.Once{Bus: b, Worker: w, Writer: e.writer(b), WorkerConcurrency: 32, WritebackConcurrency: 8, Log: e.log}
+			o := pipeline.Once{Bus: b, Worker: w, Writer: e.writer(), Log: e.log}
 			start := time.Now()
-			out := e.run(o, message.ActionCreate, "rl", publish.Options{})
+			out := e.run(o, message.ActionCreate, "rl", run.Options{})
 			spent := time.Since(start)
 			st := e.triage.Stats()
 			t.Logf("rate %v: %s in %v, %d requests answered 429", tc.rate, out.Tally.Line(300), spent.Round(time.Millisecond), st.RateLimited)

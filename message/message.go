@@ -23,20 +23,67 @@ const (
 	JobsPrefix    = "tqtriage.jobs."    // + action
 	ResultsPrefix = "tqtriage.results." // + run id
 	DLQPrefix     = "tqtriage.dlq."     // + action, "invalid" or "writeback"
+	// ReceiptsPrefix + run id: write-back's receipts (see Receipt).
+	ReceiptsPrefix = "tqtriage.written."
 
 	JobsWildcard    = JobsPrefix + ">"
 	ResultsWildcard = ResultsPrefix + ">"
 	DLQWildcard     = DLQPrefix + ">"
 
-	DLQInvalid   = DLQPrefix + "invalid"
-	DLQWriteback = DLQPrefix + "writeback"
+	ReceiptsWildcard = ReceiptsPrefix + ">"
+
+	DLQInvalid   = DLQPrefix + string(LettersInvalid)
+	DLQWriteback = DLQPrefix + string(LettersWriteback)
 )
 
-// Actions.
+// Action is what a job asks of Triage.
+type Action string
+
+// The actions of a job.
 const (
-	ActionCreate = "create"
-	ActionUpdate = "update"
+	ActionCreate Action = "create"
+	ActionUpdate Action = "update"
 )
+
+// ParseAction reads an action given by a person or a message.
+func ParseAction(s string) (Action, error) {
+	switch a := Action(s); a {
+	case ActionCreate, ActionUpdate:
+		return a, nil
+	case "":
+		return "", errors.New("no action: want create or update")
+	}
+	return "", fmt.Errorf("action %q: want create or update", s)
+}
+
+// Letters names a kind of dead letter: the last token of its subject,
+// tqtriage.dlq.<kind>.
+type Letters string
+
+// The kinds of dead letter: failed jobs of each action, results that could
+// not be written back, and messages that did not parse.
+const (
+	LettersCreate            = Letters(ActionCreate)
+	LettersUpdate            = Letters(ActionUpdate)
+	LettersWriteback Letters = "writeback"
+	LettersInvalid   Letters = "invalid"
+)
+
+// ParseLetters reads a kind of dead letter given by a person.
+func ParseLetters(s string) (Letters, error) {
+	switch l := Letters(s); l {
+	case LettersCreate, LettersUpdate, LettersWriteback, LettersInvalid:
+		return l, nil
+	}
+	return "", fmt.Errorf("%q: want create, update, writeback or invalid", s)
+}
+
+// Subject is the dead-letter subject of the kind.
+func (l Letters) Subject() string { return DLQPrefix + string(l) }
+
+// Replayable reports whether letters of this kind can be sent again:
+// those that did not parse cannot.
+func (l Letters) Replayable() bool { return l != LettersInvalid }
 
 // Status is what became of one job.
 type Status string
@@ -78,7 +125,7 @@ type Indicator struct {
 type Job struct {
 	V            int       `json:"v"`
 	RunID        string    `json:"run_id"`
-	Action       string    `json:"action"`
+	Action       Action    `json:"action"`
 	Seq          int64     `json:"seq,omitempty"`
 	Indicator    Indicator `json:"indicator"`
 	ThreatLevel  string    `json:"threat_level,omitempty"`
@@ -108,7 +155,7 @@ type Attribute struct {
 type Result struct {
 	V          int              `json:"v"`
 	RunID      string           `json:"run_id"`
-	Action     string           `json:"action"`
+	Action     Action           `json:"action"`
 	Seq        int64            `json:"seq,omitempty"`
 	Indicator  Indicator        `json:"indicator"`
 	Status     Status           `json:"status"`
@@ -122,34 +169,55 @@ type Result struct {
 }
 
 // JobSubject is the subject a job of action is published on.
-func JobSubject(action string) string { return JobsPrefix + action }
+func JobSubject(action Action) string { return JobsPrefix + string(action) }
 
 // ResultSubject is the default reply subject of a run.
 func ResultSubject(runID string) string { return ResultsPrefix + runID }
 
 // DLQSubject is the dead-letter subject of a job's action.
-func DLQSubject(action string) string { return DLQPrefix + action }
+func DLQSubject(action Action) string { return DLQPrefix + string(action) }
 
 // MsgID is the Nats-Msg-Id of a job and of its result: a re-published job
 // or a repeated result within the stream's duplicate window is dropped.
-func MsgID(runID, action string, indicatorID int64) string {
-	return runID + "/" + action + "/" + strconv.FormatInt(indicatorID, 10)
+func MsgID(runID string, action Action, indicatorID int64) string {
+	return runID + "/" + string(action) + "/" + strconv.FormatInt(indicatorID, 10)
 }
 
-// ValidRunID reports whether id can be a run id: one subject token of
-// letters, digits, '-' and '_', at most 64 long, so that
-// tqtriage.results.<run_id> is a plain subject.
-func ValidRunID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
+// ResultMsgID is the Nats-Msg-Id of the result of the job stored at
+// stream sequence jobSeq: a redelivery of that job repeats it (and the
+// repeat is dropped), a replay of it is a new message with an answer of its
+// own. It is made of validated fields and the server's sequence only, so a
+// forged job cannot suppress another's result.
+func ResultMsgID(runID string, action Action, indicatorID int64, jobSeq uint64) string {
+	return MsgID(runID, action, indicatorID) + "/" + strconv.FormatUint(jobSeq, 10)
+}
+
+// ValidRunID reports whether id can be a run id (CheckRunID).
+func ValidRunID(id string) bool { return CheckRunID(id) == nil }
+
+// MaxRunIDLen is the longest run id.
+const MaxRunIDLen = 64
+
+// CheckRunID says why id cannot be a run id: it must be one subject token
+// of 1 to 64 letters, digits, '-' and '_', so that tqtriage.results.<run_id>
+// is a plain subject.
+func CheckRunID(id string) error {
+	ok := id != "" && len(id) <= MaxRunIDLen
+	for i := 0; ok && i < len(id); i++ {
 		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
+		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
 	}
-	return true
+	if !ok {
+		return fmt.Errorf("run id %q: want 1 to %d letters, digits, '-' or '_'", clip(id, MaxRunIDLen+8), MaxRunIDLen)
+	}
+	return nil
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // ParseError says why a job cannot be worked on at all. Such a job goes to
@@ -188,11 +256,11 @@ func ParseJob(subject string, data []byte) (Job, error) {
 	if j.V != Version {
 		return j, parseErr("version %d; this worker reads version %d", j.V, Version)
 	}
-	if !ValidRunID(j.RunID) {
-		return j, parseErr("run_id %q: want 1 to 64 letters, digits, '-' or '_'", j.RunID)
+	if err := CheckRunID(j.RunID); err != nil {
+		return j, parseErr("run_id: %v", err)
 	}
-	if j.Action != ActionCreate && j.Action != ActionUpdate {
-		return j, parseErr("action %q: want create or update", j.Action)
+	if _, err := ParseAction(string(j.Action)); err != nil {
+		return j, parseErr("%v", err)
 	}
 	if subject != "" && subject != JobSubject(j.Action) {
 		return j, parseErr("action %q arrived on %s", j.Action, subject)
@@ -225,12 +293,67 @@ func ParseResult(data []byte) (Result, error) {
 	if !r.Status.Valid() {
 		return r, fmt.Errorf("result: unknown status %q", r.Status)
 	}
+	if err := CheckRunID(r.RunID); err != nil {
+		return r, fmt.Errorf("result: %w", err)
+	}
 	return r, nil
 }
 
 // NewResult starts the result of job j.
 func NewResult(j Job, status Status, reason string) Result {
 	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: j.Indicator, Status: status, Reason: reason}
+}
+
+// Receipt says that write-back has settled one stored result: written to
+// ThreatQ, found with nothing to write, or dead-lettered. A run is written
+// back when each of its results has a receipt; receipts are stored on
+// tqtriage.written.<run_id>, beside the results, so that one reader
+// follows both in order.
+type Receipt struct {
+	V     int    `json:"v"`
+	RunID string `json:"run_id"`
+	Seq   int64  `json:"seq,omitempty"` // the job's seq, when its result had one
+	// Indicator is the ThreatQ indicator id of the result.
+	Indicator int64 `json:"indicator"`
+	// Result is the stream sequence of the result this receipt settles.
+	Result  uint64         `json:"result"`
+	Outcome ReceiptOutcome `json:"outcome"`
+	Reason  string         `json:"reason,omitempty"` // dead_lettered: why
+}
+
+// ReceiptOutcome is what write-back did with a result.
+type ReceiptOutcome string
+
+// The outcomes of a receipt.
+const (
+	ReceiptWritten      ReceiptOutcome = "written"       // its attributes are on ThreatQ
+	ReceiptNothing      ReceiptOutcome = "nothing"       // it had no attributes to write
+	ReceiptDeadLettered ReceiptOutcome = "dead_lettered" // on tqtriage.dlq.writeback
+)
+
+// ReceiptSubject is where the receipts of a run are stored.
+func ReceiptSubject(runID string) string { return ReceiptsPrefix + runID }
+
+// ReceiptMsgID makes a second receipt for one stored result a duplicate.
+func ReceiptMsgID(resultSeq uint64) string {
+	return "receipt/" + strconv.FormatUint(resultSeq, 10)
+}
+
+// ParseReceipt decodes a receipt and checks its version and outcome.
+func ParseReceipt(data []byte) (Receipt, error) {
+	var r Receipt
+	if err := json.Unmarshal(data, &r); err != nil {
+		return r, fmt.Errorf("receipt: %w", err)
+	}
+	if r.V != Version {
+		return r, fmt.Errorf("receipt: version %d; this reader knows %d", r.V, Version)
+	}
+	switch r.Outcome {
+	case ReceiptWritten, ReceiptNothing, ReceiptDeadLettered:
+	default:
+		return r, fmt.Errorf("receipt: unknown outcome %q", r.Outcome)
+	}
+	return r, nil
 }
 
 // Header names tqtriage sets on dead letters.

@@ -2,7 +2,8 @@
 // Triage and ThreatQ clients from plain settings, a worker replica and a
 // write-back replica on a bus, and Once, the whole flow in one process
 // (publish, work, write back) that `run` and `demo` use and that returns
-// only when what a user sees in ThreatQ is complete.
+// only when what a user sees in ThreatQ is complete. The integration tests
+// assemble through it too.
 //
 // It reads no flags and no environment: cmd/tqtriage does, and hands it
 // settings.
@@ -11,10 +12,8 @@ package pipeline
 import (
 	"context"
 	"errors"
-	"fmt"
 	"iter"
 	"net/http"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -22,9 +21,7 @@ import (
 	"github.com/tqtriage/tqtriage/internal/httpclient"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/throttle"
-	"github.com/tqtriage/tqtriage/message"
-	"github.com/tqtriage/tqtriage/publish"
-	"github.com/tqtriage/tqtriage/report"
+	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/triage"
 	"github.com/tqtriage/tqtriage/worker"
@@ -39,14 +36,14 @@ type TriageSettings struct {
 	RateLimit                       float64
 }
 
-// NewTriage returns a Triage client that does not retry by itself (the
-// worker does) and whose requests are paced by a throttle of the settings'
-// rate limit, which also pauses after every 429.
-func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, *throttle.Throttle, error) {
+// NewTriage returns a Triage client whose requests are paced by a
+// throttle of the settings' rate limit, which also pauses after every 429.
+// It makes one attempt per call: the worker retries.
+func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, error) {
 	th := throttle.New(s.RateLimit)
 	// The client keeps ctx for token renewals; a shutdown (ctx ending)
 	// must not stop the renewals of jobs finishing in their grace period.
-	c, err := triage.New(context.WithoutCancel(ctx), triage.Config{
+	return triage.New(context.WithoutCancel(ctx), triage.Config{
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
 		HTTP: httpclient.Options{
 			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
@@ -54,10 +51,6 @@ func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, *throttle
 		},
 		Retry: retry.None,
 	})
-	if err != nil {
-		return nil, nil, err
-	}
-	return c, th, nil
 }
 
 // ThreatQSettings connect to ThreatQ.
@@ -80,85 +73,45 @@ func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*t
 	})
 }
 
-// ServeWorkers consumes jobs with w, concurrency at a time, until ctx ends;
-// then it finishes or hands back what is in flight and waits for the last
-// results to be stored.
-func ServeWorkers(ctx context.Context, b *bus.Bus, w *worker.Worker, concurrency int) error {
-	err := b.Consume(ctx, bus.ConsumerWorkers, bus.ConsumeOptions{Concurrency: concurrency}, w.Handle)
-	w.Wait()
-	return err
+// ServeWorkers consumes jobs with w until ctx ends; then it finishes or
+// hands back what is in flight and waits for the last results to be
+// stored. m may be nil.
+func ServeWorkers(ctx context.Context, b *bus.Bus, w *worker.Worker, log zerolog.Logger, m *bus.Metrics) error {
+	return bus.Serve(ctx, b, w.Consumer(log, m))
 }
 
-// ServeWriteback consumes results with wr until ctx ends.
-func ServeWriteback(ctx context.Context, b *bus.Bus, wr *writeback.Writer, concurrency int) error {
-	return b.Consume(ctx, bus.ConsumerWriteback, bus.ConsumeOptions{Concurrency: concurrency}, wr.Handle)
-}
-
-// WaitWrittenBack returns once the write-back consumer has settled every
-// result up to the results-stream sequence last: written, found empty, or
-// dead-lettered. Whichever write-back replica took them.
-func WaitWrittenBack(ctx context.Context, b *bus.Bus, last uint64) error {
-	if last == 0 {
-		return nil
-	}
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		info, err := b.ConsumerInfo(ctx, bus.ConsumerWriteback)
-		if err == nil && info.AckFloor.Stream >= last {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for write-back: %w", ctx.Err())
-		case <-t.C:
-		}
-	}
-}
-
-// WritebackFailures returns the dead-lettered write-backs of run id.
-func WritebackFailures(ctx context.Context, b *bus.Bus, id string) ([]bus.DeadLetter, error) {
-	var out []bus.DeadLetter
-	err := b.ListDLQ(ctx, message.DLQWriteback, func(d bus.DeadLetter) bool {
-		if d.Header.Get(message.HeaderRunID) == id {
-			out = append(out, d)
-		}
-		return true
-	})
-	return out, err
+// ServeWriteback consumes results with wr until ctx ends. m may be nil.
+func ServeWriteback(ctx context.Context, b *bus.Bus, wr *writeback.Writer, log zerolog.Logger, m *bus.Metrics) error {
+	return bus.Serve(ctx, b, wr.Consumer(log, m))
 }
 
 // Once is the whole pipeline in one process.
 type Once struct {
-	Bus                  *bus.Bus
-	Worker               *worker.Worker
-	Writer               *writeback.Writer
-	WorkerConcurrency    int
-	WritebackConcurrency int
-	Log                  zerolog.Logger
+	Bus     *bus.Bus
+	Worker  *worker.Worker
+	Writer  *writeback.Writer
+	Log     zerolog.Logger
+	Metrics *bus.Metrics // nil: none
 }
 
 // Outcome is what a run came to.
 type Outcome struct {
-	Run               bus.Run
-	Tally             *report.Tally
-	WritebackFailures []bus.DeadLetter
+	Record run.Record
+	Tally  *run.Tally
 }
 
 // Failed reports whether the run should end with a non-zero exit: a job
 // failed, a write-back could not be done, or publishing stopped early.
-func (o Outcome) Failed() bool {
-	return o.Tally == nil || o.Tally.Count(message.StatusFailed) > 0 || len(o.WritebackFailures) > 0 || o.Run.Error != ""
-}
+func (o Outcome) Failed() bool { return o.Tally == nil || o.Tally.Failed(o.Record) }
 
 // Run publishes one run, works its jobs and writes its results back, and
 // returns when every job has its result and every result is written back.
 // The worker and write-back pools serve until Run returns.
-func (o Once) Run(ctx context.Context, po publish.Options, items iter.Seq[publish.Item], wo publish.WaitOptions) (Outcome, error) {
+func (o Once) Run(ctx context.Context, po run.Options, items iter.Seq[run.Item], fo run.FollowOptions) (Outcome, error) {
 	pctx, stopPools := context.WithCancel(ctx)
 	poolErr := make(chan error, 2)
-	go func() { poolErr <- ServeWorkers(pctx, o.Bus, o.Worker, o.WorkerConcurrency) }()
-	go func() { poolErr <- ServeWriteback(pctx, o.Bus, o.Writer, o.WritebackConcurrency) }()
+	go func() { poolErr <- ServeWorkers(pctx, o.Bus, o.Worker, o.Log, o.Metrics) }()
+	go func() { poolErr <- ServeWriteback(pctx, o.Bus, o.Writer, o.Log, o.Metrics) }()
 	defer func() {
 		stopPools()
 		for range 2 {
@@ -169,20 +122,29 @@ func (o Once) Run(ctx context.Context, po publish.Options, items iter.Seq[publis
 	}()
 
 	var out Outcome
-	run, err := publish.Publish(ctx, o.Bus, po, items, o.Log)
-	out.Run = run
-	if err != nil && run.ID == "" {
-		return out, err
+	rec, pubErr := run.Publish(ctx, o.Bus, po, items, o.Log)
+	out.Record = rec
+	if pubErr != nil && rec.ID == "" {
+		return out, pubErr
 	}
-	pubErr := err
-	tally, run, err := publish.Wait(ctx, o.Bus, run.ID, wo)
-	out.Tally, out.Run = tally, run
-	if err != nil {
-		return out, errors.Join(pubErr, err)
-	}
-	if err := WaitWrittenBack(ctx, o.Bus, tally.LastStreamSeq); err != nil {
-		return out, errors.Join(pubErr, err)
-	}
-	out.WritebackFailures, err = WritebackFailures(ctx, o.Bus, run.ID)
+	fo.WrittenBack = true
+	tally, rec, err := run.Follow(ctx, o.Bus, rec.ID, fo)
+	out.Tally, out.Record = tally, rec
 	return out, errors.Join(pubErr, err)
+}
+
+// Embedded starts a JetStream server in this process with its store under
+// dir, and connects cfg to it without TCP. stop closes both.
+func Embedded(ctx context.Context, dir string, cfg bus.Config, log zerolog.Logger) (b *bus.Bus, stop func(), err error) {
+	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: dir})
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.InProcess = srv
+	if b, err = bus.Connect(ctx, cfg, log); err != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, nil, err
+	}
+	return b, func() { b.Close(); srv.Shutdown(); srv.WaitForShutdown() }, nil
 }

@@ -9,6 +9,7 @@ import (
 	"iter"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,7 +20,8 @@ import (
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
+	"github.com/tqtriage/tqtriage/run"
+	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/export"
 )
 
@@ -28,34 +30,36 @@ const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return runReplica(ctx, args, stdout, stderr, "worker", addTriage, func(s *settings) startFunc {
 		t := readTriage(s)
-		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, reg *prometheus.Registry) (func(context.Context) error, error) {
-			w, err := newWorker(ctx, t, b, log, reg)
+		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error) {
+			w, err := newWorker(ctx, t, b)
 			if err != nil {
 				return nil, err
 			}
-			log.Info().Int("concurrency", t.conc).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
-			return func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, t.conc) }, nil
+			log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
+			return func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, log, m) }, nil
 		}
 	})
 }
 
 func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return runReplica(ctx, args, stdout, stderr, "writeback", addThreatQ, func(s *settings) startFunc {
+	addFlags := func(s *settings) { addThreatQ(s); addWriteback(s) }
+	return runReplica(ctx, args, stdout, stderr, "writeback", addFlags, func(s *settings) startFunc {
 		t := readThreatQ(s, "to write attributes back")
-		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, reg *prometheus.Registry) (func(context.Context) error, error) {
-			wr, err := newWriter(ctx, t, b, log, reg)
+		cfg := readWriteback(s, &t)
+		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error) {
+			wr, err := newWriter(ctx, t, cfg)
 			if err != nil {
 				return nil, err
 			}
-			log.Info().Int("concurrency", t.conc).Msg("write-back started")
-			return func(ctx context.Context) error { return pipeline.ServeWriteback(ctx, b, wr, t.conc) }, nil
+			log.Info().Int("concurrency", cfg.Concurrency).Msg("write-back started")
+			return func(ctx context.Context) error { return pipeline.ServeWriteback(ctx, b, wr, log, m) }, nil
 		}
 	})
 }
 
 // startFunc builds a replica on a connected bus and returns what serves it
 // until its context ends.
-type startFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, reg *prometheus.Registry) (func(context.Context) error, error)
+type startFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error)
 
 // runReplica is what the worker and write-back commands share: settings,
 // logger, NATS, the HTTP endpoints, serving until a signal.
@@ -79,7 +83,7 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	}
 	defer b.Close()
 	reg := prometheus.NewRegistry()
-	serve, err := start(ctx, b, log, reg)
+	serve, err := start(ctx, b, log, bus.NewMetrics(reg))
 	if err != nil {
 		return err
 	}
@@ -100,47 +104,57 @@ func addPublish(s *settings) {
 	s.add("file", "", "", "export file to read (JSON lines or CSV id,type,value); - for standard input")
 	s.addBool("upsert", "", false, "update: create the indicators Triage does not have")
 	s.add("run-id", "", "", "run id (default: a new one); an earlier one resumes its publishing, repeats dropped")
-	s.add("page-size", "THREATQ_PAGE_SIZE", "100", "indicators per page when reading a collection (1 to 500)")
+	s.add("page-size", "THREATQ_PAGE_SIZE", strconv.Itoa(threatq.DefaultPageSize), fmt.Sprintf("indicators per page when reading a collection (1 to %d)", threatq.MaxPageSize))
 }
 
+// publishSetup is what the flags of one run say.
 type publishSetup struct {
-	opts       publish.Options
+	opts       run.Options
 	collection string
 	file       string
 	pageSize   int
+	threatq    pipeline.ThreatQSettings // to read a collection
 }
 
 func readPublish(s *settings) publishSetup {
 	p := publishSetup{
-		opts:       publish.Options{Action: s.str("action"), Upsert: s.boolean("upsert"), RunID: s.str("run-id")},
+		opts:       run.Options{Upsert: s.boolean("upsert"), ID: s.str("run-id")},
 		collection: s.str("collection"),
 		file:       s.str("file"),
 		pageSize:   s.integer("page-size", 1),
 	}
-	switch p.opts.Action {
-	case message.ActionCreate, message.ActionUpdate:
+	switch a := s.str("action"); a {
 	case "":
 		s.errs = append(s.errs, errors.New("--action is required: create or update"))
 	default:
-		s.errs = append(s.errs, fmt.Errorf("--action %q: want create or update", p.opts.Action))
+		action, err := message.ParseAction(a)
+		if err != nil {
+			s.errs = append(s.errs, fmt.Errorf("--action %q: want create or update", a))
+		}
+		p.opts.Action = action
 	}
 	if (p.collection == "") == (p.file == "") {
 		s.errs = append(s.errs, errors.New("give one source: --collection HASH or --file PATH (- for standard input)"))
 	}
-	if p.pageSize > 500 {
-		s.errs = append(s.errs, fmt.Errorf("%s=%d: at most 500", s.name("page-size"), p.pageSize))
+	if p.collection != "" {
+		p.threatq = readThreatQ(s, "to read a collection")
+	}
+	if p.pageSize > threatq.MaxPageSize {
+		s.errs = append(s.errs, fmt.Errorf("%s=%d: at most %d", s.name("page-size"), p.pageSize, threatq.MaxPageSize))
 	}
 	if p.opts.Upsert && p.opts.Action == message.ActionCreate {
 		s.errs = append(s.errs, errors.New("--upsert applies to --action update only"))
 	}
-	if p.opts.RunID != "" && !message.ValidRunID(p.opts.RunID) {
-		s.errs = append(s.errs, fmt.Errorf("--run-id %q: want 1 to 64 letters, digits, '-' or '_'", p.opts.RunID))
+	if p.opts.ID != "" {
+		if err := message.CheckRunID(p.opts.ID); err != nil {
+			s.errs = append(s.errs, fmt.Errorf("--run-id: %w", err))
+		}
 	}
 	return p
 }
 
 // source opens the run's input. close must be called when publishing ends.
-func (p *publishSetup) source(ctx context.Context, s *settings, stdin io.Reader) (iter.Seq[publish.Item], func(), error) {
+func (p *publishSetup) source(ctx context.Context, stdin io.Reader) (iter.Seq[run.Item], func(), error) {
 	if p.file != "" {
 		var r io.Reader = stdin
 		closeFn := func() {}
@@ -154,25 +168,17 @@ func (p *publishSetup) source(ctx context.Context, s *settings, stdin io.Reader)
 			abs, _ := filepath.Abs(p.file)
 			p.opts.Source = "file " + abs
 		}
-		return publish.FromExport(export.NewReader(r)), closeFn, nil
+		return run.FromExport(export.NewReader(r)), closeFn, nil
 	}
-	t := readThreatQ(s, "to read a collection")
-	if err := s.err(); err != nil {
-		return nil, nil, usageErr("%w", err)
-	}
-	tq, err := pipeline.NewThreatQ(ctx, t.settings, retry.Policy{MaxAttempts: 6})
+	tq, err := pipeline.NewThreatQ(ctx, p.threatq, retry.Policy{MaxAttempts: 6})
 	if err != nil {
 		return nil, nil, err
 	}
 	p.opts.Source = "collection " + p.collection
-	if name, err := tq.CollectionName(ctx, p.collection); err == nil {
-		p.opts.SourceName = name
-	} else {
-		// The name is for reports only; reading the collection will tell
-		// whether it exists.
-		p.opts.SourceName = ""
-	}
-	return publish.FromCollection(ctx, tq, p.collection, p.pageSize), func() {}, nil
+	// The name is for reports only; reading the collection will tell
+	// whether it exists.
+	p.opts.SourceName, _ = tq.CollectionName(ctx, p.collection)
+	return run.FromCollection(ctx, tq, p.collection, p.pageSize), func() {}, nil
 }
 
 func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -190,7 +196,7 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	items, closeSrc, err := p.source(ctx, s, os.Stdin)
+	items, closeSrc, err := p.source(ctx, os.Stdin)
 	if err != nil {
 		return err
 	}
@@ -200,43 +206,22 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer b.Close()
-	run, err := publish.Publish(ctx, b, p.opts, items, log)
-	if run.ID != "" {
-		fmt.Fprintln(stdout, run.ID)
+	rec, err := run.Publish(ctx, b, p.opts, items, log)
+	if rec.ID != "" {
+		fmt.Fprintln(stdout, rec.ID)
 	}
+	if err != nil || !s.boolean("wait") {
+		return err
+	}
+	tally, rec, err := run.Follow(ctx, b, rec.ID, run.FollowOptions{Progress: stderr, Terminal: isTerminal(stderr)})
 	if err != nil {
 		return err
 	}
-	if !s.boolean("wait") {
-		return nil
-	}
-	tally, run, err := publish.Wait(ctx, b, run.ID, publish.WaitOptions{Out: stderr, Terminal: isTerminal(stderr)})
-	if err != nil {
-		return err
-	}
-	tally.Summary(stdout, runHeader(run), run.Total)
+	tally.Summary(stdout, run.Header(rec), rec.Total)
 	if tally.Count(message.StatusFailed) > 0 {
 		return errSilent
 	}
 	return nil
-}
-
-func runHeader(r bus.Run) string {
-	src := r.Source
-	if r.SourceName != "" {
-		src += " (" + r.SourceName + ")"
-	}
-	h := fmt.Sprintf("run %s: %s from %s", r.ID, r.Action, src)
-	if r.Upsert {
-		h += ", upsert"
-	}
-	if r.Rejected > 0 {
-		h += fmt.Sprintf("; %d input lines or repeats not queued", r.Rejected)
-	}
-	if r.Error != "" {
-		h += "\n  publishing stopped early: " + r.Error
-	}
-	return h
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -246,6 +231,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	s.add("data-dir", "TQTRIAGE_DATA_DIR", "data", "store of the embedded NATS server")
 	addTriage(s)
 	addThreatQ(s)
+	addWriteback(s)
 	addHTTP(s, "")
 	addLog(s)
 	log, err := s.parseWithLogger(args, stderr)
@@ -254,11 +240,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	p := readPublish(s)
 	t := readTriage(s)
-	q := readThreatQ(s, "to write attributes back")
+	q := p.threatq
+	if p.collection == "" {
+		q = readThreatQ(s, "to write attributes back")
+	}
+	wcfg := readWriteback(s, &q)
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	items, closeSrc, err := p.source(ctx, s, os.Stdin)
+	items, closeSrc, err := p.source(ctx, os.Stdin)
 	if err != nil {
 		return err
 	}
@@ -269,27 +259,32 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer shutdown()
+	w, err := newWorker(ctx, t, b)
+	if err != nil {
+		return err
+	}
+	wr, err := newWriter(ctx, q, wcfg)
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
-	w, err := newWorker(ctx, t, b, log, reg)
-	if err != nil {
-		return err
-	}
-	wr, err := newWriter(ctx, q, b, log, reg)
-	if err != nil {
-		return err
-	}
 	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), reg, natsReady(b), log)
 	if err != nil {
 		return err
 	}
 	defer stopHTTP()
-	once := pipeline.Once{Bus: b, Worker: w, Writer: wr, WorkerConcurrency: t.conc, WritebackConcurrency: q.conc, Log: log}
-	out, err := once.Run(ctx, p.opts, items, publish.WaitOptions{Out: stderr, Terminal: isTerminal(stderr)})
-	if out.Run.ID != "" {
-		fmt.Fprintln(stdout, out.Run.ID)
+	once := pipeline.Once{Bus: b, Worker: w, Writer: wr, Log: log, Metrics: bus.NewMetrics(reg)}
+	out, err := once.Run(ctx, p.opts, items, run.FollowOptions{Progress: stderr, Terminal: isTerminal(stderr)})
+	return finishRun(stdout, out, err)
+}
+
+// finishRun prints what `run` came to and says how it should exit.
+func finishRun(stdout io.Writer, out pipeline.Outcome, err error) error {
+	if out.Record.ID != "" {
+		fmt.Fprintln(stdout, out.Record.ID)
 	}
 	if out.Tally != nil {
-		printOutcome(stdout, out)
+		out.Tally.Summary(stdout, run.Header(out.Record), out.Record.Total)
 	}
 	if err != nil {
 		return err
@@ -298,19 +293,6 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errSilent
 	}
 	return nil
-}
-
-func printOutcome(w io.Writer, out pipeline.Outcome) {
-	out.Tally.Summary(w, runHeader(out.Run), out.Run.Total)
-	if n := len(out.WritebackFailures); n > 0 {
-		fmt.Fprintf(w, "  write-back  %d results could not be written to ThreatQ (dead letters on %s; `tqtriage dlq replay --action writeback`)\n", n, message.DLQWriteback)
-		for i, d := range out.WritebackFailures {
-			if i == 5 {
-				break
-			}
-			fmt.Fprintf(w, "    %s\n", d.Reason())
-		}
-	}
 }
 
 // connectOrEmbed connects to $NATS_URL, or, when it is unset, starts an
@@ -327,19 +309,16 @@ func connectOrEmbed(ctx context.Context, s *settings, log zerolog.Logger) (*bus.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("data directory: %w", err)
 	}
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: dir})
-	if err != nil {
-		return nil, nil, err
-	}
 	cfg := busConfig(s, "")
-	cfg.InProcess = srv
-	b, err := bus.Connect(ctx, cfg, log)
+	if err := s.err(); err != nil {
+		return nil, nil, usageErr("%w", err)
+	}
+	b, stop, err := pipeline.Embedded(ctx, dir, cfg, log)
 	if err != nil {
-		srv.Shutdown()
 		return nil, nil, err
 	}
 	log.Info().Str("store", dir).Msg("embedded NATS server started")
-	return b, func() { b.Close(); srv.Shutdown(); srv.WaitForShutdown() }, nil
+	return b, stop, nil
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -362,8 +341,8 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer b.Close()
-	tally, run, err := publish.Status(ctx, b, id)
-	if errors.Is(err, bus.ErrRunNotFound) {
+	tally, rec, err := run.Status(ctx, b, id)
+	if errors.Is(err, run.ErrNotFound) {
 		return fmt.Errorf("no run %s is recorded (runs are kept as long as their results)", id)
 	}
 	if err != nil {
@@ -371,12 +350,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	state := "complete"
 	switch {
-	case !run.Published:
+	case !rec.Published:
 		state = "publishing"
-	case int64(tally.Done()) < run.Total:
-		state = fmt.Sprintf("in progress: %d of %d jobs have a result", tally.Done(), run.Total)
+	case int64(tally.Done()) < rec.Total:
+		state = fmt.Sprintf("in progress: %d of %d jobs have a result", tally.Done(), rec.Total)
+	case tally.AwaitingWriteback() > 0:
+		state = fmt.Sprintf("every job has a result; %d still to be written back to ThreatQ", tally.AwaitingWriteback())
 	}
-	tally.Summary(stdout, runHeader(run)+"\n  started "+run.StartedAt.Local().Format(time.DateTime)+"; "+state, run.Total)
+	tally.Summary(stdout, run.Header(rec)+"\n  started "+rec.StartedAt.Local().Format(time.DateTime)+"; "+state, rec.Total)
 	return nil
 }
 
@@ -401,15 +382,15 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := s.parse(args[1:]); err != nil {
 		return usageErr("%w", err)
 	}
-	action := s.str("action")
-	switch action {
-	case "", message.ActionCreate, message.ActionUpdate, "writeback":
-	case "invalid":
-		if verb == "replay" {
-			return usageErr("dead letters on %s did not parse and cannot be replayed; list them, fix the publisher, publish again", message.DLQInvalid)
+	var kind message.Letters
+	if a := s.str("action"); a != "" {
+		var err error
+		if kind, err = message.ParseLetters(a); err != nil {
+			return usageErr("--action %w", err)
 		}
-	default:
-		return usageErr("--action %q: want create, update, writeback or invalid", action)
+		if verb == "replay" && !kind.Replayable() {
+			return usageErr("dead letters on %s did not parse and cannot be replayed; list them, fix the publisher, publish again", kind.Subject())
+		}
 	}
 	log, err := newLogger(s, stderr)
 	if err != nil {
@@ -421,7 +402,7 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer b.Close()
 	if verb == "replay" {
-		n, err := b.Replay(ctx, action, func(d bus.DeadLetter, err error) {
+		n, err := b.Replay(ctx, kind, func(d bus.DeadLetter, err error) {
 			if err != nil {
 				fmt.Fprintf(stderr, "dead letter %d: %v\n", d.Seq, err)
 			}
@@ -429,15 +410,11 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(stdout, "replayed %d dead letters\n", n)
 		return err
 	}
-	filter := ""
-	if action != "" {
-		filter = message.DLQPrefix + action
-	}
 	n := 0
-	err = b.ListDLQ(ctx, filter, func(d bus.DeadLetter) bool {
+	err = b.ListDLQ(ctx, kind, func(d bus.DeadLetter) bool {
 		n++
 		fmt.Fprintf(stdout, "%d\t%s\t%s\trun=%s\tdeliveries=%s\t%s\n\t%s\n", d.Seq, d.Time.Local().Format(time.DateTime), d.Subject,
-			d.Header.Get(message.HeaderRunID), d.Header.Get(message.HeaderDeliveries), d.Reason(), clip(string(d.Data), 300))
+			d.RunID, d.Deliveries, d.Reason, clip(string(d.Data), 300))
 		return true
 	})
 	fmt.Fprintf(stdout, "%d dead letters\n", n)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/pipeline"
+	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/worker"
 	"github.com/tqtriage/tqtriage/writeback"
 )
@@ -49,24 +51,30 @@ func addHTTP(s *settings, def string) {
 func addTriage(s *settings) {
 	s.add("triage-base-url", "TRIAGE_BASE_URL", "", "Cofense Triage address, e.g. https://triage.example.com")
 	s.add("triage-client-id", "TRIAGE_CLIENT_ID", "", "Triage API client id (the secret: $TRIAGE_CLIENT_SECRET or $TRIAGE_CLIENT_SECRET_FILE)")
-	s.add("triage-threat-level", "TRIAGE_THREAT_LEVEL", "Malicious", "threat level sent to Triage: Malicious, Suspicious or Benign")
-	s.add("triage-objects-per-run", "TRIAGE_OBJECTS_PER_RUN", "10000", "at most this many distinct indicators of one run reach Triage")
+	s.add("triage-threat-level", "TRIAGE_THREAT_LEVEL", mapping.LevelMalicious, "threat level sent to Triage: Malicious, Suspicious or Benign")
+	s.add("triage-objects-per-run", "TRIAGE_OBJECTS_PER_RUN", strconv.Itoa(worker.DefaultObjectsPerRun), "at most this many distinct indicators of one run reach Triage")
 	s.addBool("triage-verify-ssl", "TRIAGE_VERIFY_SSL", true, "verify Triage's TLS certificate")
 	s.add("triage-ca-file", "TRIAGE_CA_FILE", "", "extra CA bundle for Triage's certificate")
-	s.add("triage-source", "TRIAGE_SOURCE", "ThreatQ", "threat source sent to Triage")
+	s.add("triage-source", "TRIAGE_SOURCE", worker.DefaultThreatSource, "threat source sent to Triage")
 	s.add("triage-rate-limit", "TRIAGE_RATE_LIMIT", "0", "requests a second to Triage from this replica (0: no limit; 429s are honoured anyway)")
-	s.add("worker-concurrency", "WORKER_CONCURRENCY", "16", "jobs worked on at once by this replica")
-	s.add("worker-max-deliver", "WORKER_MAX_DELIVER", "5", "deliveries of a job before a retryable failure is final")
+	s.add("worker-concurrency", "WORKER_CONCURRENCY", strconv.Itoa(worker.DefaultConcurrency), "jobs worked on at once by this replica")
+	s.add("worker-max-deliver", "WORKER_MAX_DELIVER", strconv.Itoa(worker.DefaultMaxDeliver), "deliveries of a job before a retryable failure is final")
 }
 
+// addThreatQ adds the flags that reach ThreatQ: for write-back and for
+// reading a collection.
 func addThreatQ(s *settings) {
 	s.add("threatq-base-url", "THREATQ_BASE_URL", "", "ThreatQ address, e.g. https://threatq.example.com")
 	s.add("threatq-client-id", "THREATQ_CLIENT_ID", "", "ThreatQ API client id (the secret: $THREATQ_CLIENT_SECRET or $THREATQ_CLIENT_SECRET_FILE)")
 	s.add("threatq-email", "THREATQ_EMAIL", "", "use the password grant as this user (the password: $THREATQ_PASSWORD or $THREATQ_PASSWORD_FILE)")
 	s.addBool("threatq-verify-ssl", "THREATQ_VERIFY_SSL", true, "verify ThreatQ's TLS certificate")
 	s.add("threatq-ca-file", "THREATQ_CA_FILE", "", "extra CA bundle for ThreatQ's certificate")
-	s.add("threatq-attribute-source", "THREATQ_ATTRIBUTE_SOURCE", "Cofense Triage", "source named on the attributes written back")
-	s.add("writeback-concurrency", "WRITEBACK_CONCURRENCY", "8", "results written back at once by this replica")
+}
+
+// addWriteback adds the flags of write-back alone.
+func addWriteback(s *settings) {
+	s.add("threatq-attribute-source", "THREATQ_ATTRIBUTE_SOURCE", threatq.DefaultAttributeSource, "source named on the attributes written back")
+	s.add("writeback-concurrency", "WRITEBACK_CONCURRENCY", strconv.Itoa(writeback.DefaultConcurrency), "results written back at once by this replica")
 }
 
 // parseWithLogger parses a command's arguments and builds its logger, the
@@ -115,10 +123,10 @@ func connect(ctx context.Context, s *settings, log zerolog.Logger) (*bus.Bus, er
 	return bus.Connect(ctx, cfg, log)
 }
 
+// triageSetup is what the worker's settings say.
 type triageSetup struct {
 	settings pipeline.TriageSettings
 	worker   worker.Config
-	conc     int
 }
 
 func readTriage(s *settings) triageSetup {
@@ -140,54 +148,50 @@ func readTriage(s *settings) triageSetup {
 		ThreatSource:  s.str("triage-source"),
 		ObjectsPerRun: s.integer("triage-objects-per-run", 1),
 		MaxDeliver:    s.integer("worker-max-deliver", 1),
+		Concurrency:   s.integer("worker-concurrency", 1),
 	}
-	t.conc = s.integer("worker-concurrency", 1)
 	return t
 }
 
-type threatqSetup struct {
-	settings pipeline.ThreatQSettings
-	conc     int
-}
-
-func readThreatQ(s *settings, why string) threatqSetup {
+// readThreatQ reads the settings that reach ThreatQ, once per command.
+func readThreatQ(s *settings, why string) pipeline.ThreatQSettings {
 	email := s.str("threatq-email")
-	t := threatqSetup{settings: pipeline.ThreatQSettings{
+	t := pipeline.ThreatQSettings{
 		BaseURL:            s.required("threatq-base-url", why),
 		ClientID:           s.required("threatq-client-id", why),
 		Email:              email,
 		InsecureSkipVerify: !s.boolean("threatq-verify-ssl"),
 		CAFile:             s.str("threatq-ca-file"),
-		AttributeSource:    s.str("threatq-attribute-source"),
-	}}
-	if email != "" {
-		t.settings.Password = s.secret("THREATQ_PASSWORD", true, "with $THREATQ_EMAIL (the password grant)")
-	} else {
-		t.settings.ClientSecret = s.secret("THREATQ_CLIENT_SECRET", true, why)
 	}
-	t.conc = s.integer("writeback-concurrency", 1)
+	if email != "" {
+		t.Password = s.secret("THREATQ_PASSWORD", true, "with $THREATQ_EMAIL (the password grant)")
+	} else {
+		t.ClientSecret = s.secret("THREATQ_CLIENT_SECRET", true, why)
+	}
 	return t
 }
 
-// newWorker builds a worker on b from the Triage settings.
-func newWorker(ctx context.Context, t triageSetup, b *bus.Bus, log zerolog.Logger, reg prometheus.Registerer) (*worker.Worker, error) {
-	tc, _, err := pipeline.NewTriage(ctx, t.settings)
-	if err != nil {
-		return nil, err
-	}
-	var m *worker.Metrics
-	if reg != nil {
-		m = worker.NewMetrics(reg)
-	}
-	return worker.New(t.worker, tc, b, log, m)
+// readWriteback reads write-back's own settings onto t.
+func readWriteback(s *settings, t *pipeline.ThreatQSettings) writeback.Config {
+	t.AttributeSource = s.str("threatq-attribute-source")
+	return writeback.Config{Concurrency: s.integer("writeback-concurrency", 1)}
 }
 
-func newWriter(ctx context.Context, t threatqSetup, b *bus.Bus, log zerolog.Logger, reg prometheus.Registerer) (*writeback.Writer, error) {
-	tq, err := pipeline.NewThreatQ(ctx, t.settings, retry.None)
+// newWorker builds a worker on b from the Triage settings.
+func newWorker(ctx context.Context, t triageSetup, b *bus.Bus) (*worker.Worker, error) {
+	tc, err := pipeline.NewTriage(ctx, t.settings)
 	if err != nil {
 		return nil, err
 	}
-	return writeback.New(writeback.Config{}, tq, b, log, reg), nil
+	return worker.New(t.worker, tc, b)
+}
+
+func newWriter(ctx context.Context, t pipeline.ThreatQSettings, cfg writeback.Config) (*writeback.Writer, error) {
+	tq, err := pipeline.NewThreatQ(ctx, t, retry.None)
+	if err != nil {
+		return nil, err
+	}
+	return writeback.New(cfg, tq), nil
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz on addr until ctx ends.
@@ -227,7 +231,7 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready
 
 func natsReady(b *bus.Bus) func() error {
 	return func() error {
-		if !b.Conn().IsConnected() {
+		if !b.Connected() {
 			return errors.New("NATS not connected")
 		}
 		return nil

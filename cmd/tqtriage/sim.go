@@ -18,7 +18,8 @@ import (
 	"github.com/tqtriage/tqtriage/internal/sample"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
-	"github.com/tqtriage/tqtriage/publish"
+	"github.com/tqtriage/tqtriage/run"
+	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 	"github.com/tqtriage/tqtriage/worker"
@@ -176,47 +177,28 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: filepath.Join(dir, "nats")})
+	once, tq, stop, err := demoPipeline(ctx, sm, filepath.Join(dir, "nats"), log)
 	if err != nil {
 		return err
 	}
-	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-	b, err := bus.Connect(ctx, bus.Config{InProcess: srv, Name: "tqtriage-demo"}, log)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-
-	tc, _, err := pipeline.NewTriage(ctx, pipeline.TriageSettings{BaseURL: sm.triageURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
-	if err != nil {
-		return err
-	}
-	w, err := worker.New(worker.Config{}, tc, b, log, nil)
-	if err != nil {
-		return err
-	}
-	tq, err := pipeline.NewThreatQ(ctx, pipeline.ThreatQSettings{BaseURL: sm.threatqURL, ClientID: threatqsim.DefaultClientID, ClientSecret: threatqsim.DefaultClientSecret}, retry.None)
-	if err != nil {
-		return err
-	}
-	once := pipeline.Once{Bus: b, Worker: w, Writer: writeback.New(writeback.Config{}, tq, b, log, nil), WorkerConcurrency: 16, WritebackConcurrency: 8, Log: log}
+	defer stop()
 
 	fmt.Fprintf(stdout, "tqtriage demo: a ThreatQ collection of %d indicators (%q) goes to Cofense Triage.\n", size, sample.CollectionName)
 	fmt.Fprintf(stdout, "Simulators: Triage at %s (%d of the indicators already there), ThreatQ at %s; NATS JetStream embedded.\n\n", sm.triageURL, sampleInTriage(size), sm.threatqURL)
 	failed := false
 	for _, step := range []struct {
 		title string
-		opts  publish.Options
+		opts  run.Options
 	}{
-		{"1. create: every valid indicator becomes a Triage threat indicator (Malicious)", publish.Options{Action: message.ActionCreate}},
-		{"2. update: the same collection again, now Suspicious; the ThreatQ attributes change in place", publish.Options{Action: message.ActionUpdate, ThreatLevel: "Suspicious"}},
+		{"1. create: every valid indicator becomes a Triage threat indicator (Malicious)", run.Options{Action: message.ActionCreate}},
+		{"2. update: the same collection again, now Suspicious; the ThreatQ attributes change in place", run.Options{Action: message.ActionUpdate, ThreatLevel: "Suspicious"}},
 	} {
 		fmt.Fprintln(stdout, step.title)
 		step.opts.Source = "collection " + sample.CollectionHash
 		step.opts.SourceName = sample.CollectionName
-		out, err := once.Run(ctx, step.opts, publish.FromCollection(ctx, tq, sample.CollectionHash, 100), publish.WaitOptions{Out: stderr, Terminal: isTerminal(stderr)})
+		out, err := once.Run(ctx, step.opts, run.FromCollection(ctx, tq, sample.CollectionHash, 100), run.FollowOptions{Progress: stderr, Terminal: isTerminal(stderr)})
 		if out.Tally != nil {
-			printOutcome(stdout, out)
+			out.Tally.Summary(stdout, run.Header(out.Record), out.Record.Total)
 		}
 		if err != nil {
 			return err
@@ -224,21 +206,52 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		failed = failed || out.Failed()
 		fmt.Fprintln(stdout)
 	}
+	sm.showEnd(stdout)
+	if failed {
+		return errSilent
+	}
+	return nil
+}
+
+// demoPipeline assembles the whole pipeline on an embedded server against
+// the simulators, with the defaults a newcomer gets.
+func demoPipeline(ctx context.Context, sm *sims, storeDir string, log zerolog.Logger) (pipeline.Once, *threatq.Client, func(), error) {
+	b, stop, err := pipeline.Embedded(ctx, storeDir, bus.Config{Name: "tqtriage-demo"}, log)
+	if err != nil {
+		return pipeline.Once{}, nil, nil, err
+	}
+	fail := func(err error) (pipeline.Once, *threatq.Client, func(), error) {
+		stop()
+		return pipeline.Once{}, nil, nil, err
+	}
+	tc, err := pipeline.NewTriage(ctx, pipeline.TriageSettings{BaseURL: sm.triageURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
+	if err != nil {
+		return fail(err)
+	}
+	w, err := worker.New(worker.Config{}, tc, b)
+	if err != nil {
+		return fail(err)
+	}
+	tq, err := pipeline.NewThreatQ(ctx, pipeline.ThreatQSettings{BaseURL: sm.threatqURL, ClientID: threatqsim.DefaultClientID, ClientSecret: threatqsim.DefaultClientSecret}, retry.None)
+	if err != nil {
+		return fail(err)
+	}
+	return pipeline.Once{Bus: b, Worker: w, Writer: writeback.New(writeback.Config{}, tq), Log: log}, tq, stop, nil
+}
+
+// showEnd prints what one ThreatQ indicator ended up with, and Triage's size.
+func (s *sims) showEnd(stdout io.Writer) {
 	id := int64(0)
-	if ids := sm.threatq.AllAttributes(); len(ids) > 0 {
+	if ids := s.threatq.AllAttributes(); len(ids) > 0 {
 		for k := range ids {
 			if id == 0 || k < id {
 				id = k
 			}
 		}
 		fmt.Fprintf(stdout, "ThreatQ indicator %d now carries:\n", id)
-		for _, a := range sm.threatq.Attributes(id) {
+		for _, a := range s.threatq.Attributes(id) {
 			fmt.Fprintf(stdout, "  %-14s %s\n", a.Name, a.Value)
 		}
 	}
-	fmt.Fprintf(stdout, "Triage holds %d threat indicators.\n", sm.triage.Len())
-	if failed {
-		return errSilent
-	}
-	return nil
+	fmt.Fprintf(stdout, "Triage holds %d threat indicators.\n", s.triage.Len())
 }

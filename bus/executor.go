@@ -1,0 +1,418 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/tqtriage/tqtriage/internal/retry"
+)
+
+// Defaults of a Consumer's fields left zero.
+const (
+	DefaultConcurrency = 16
+	DefaultGrace       = 25 * time.Second
+)
+
+// Consumer is one handler on a durable consumer, and how its deliveries
+// are settled. The handler sees data (a parsed job or result), never
+// JetStream, and returns an Outcome; Serve alone acknowledges, delays or
+// dead-letters.
+type Consumer[T any] struct {
+	// Durable is ConsumerWorkers or ConsumerWriteback.
+	Durable string
+	// Decode parses a delivered message. What it refuses is dead-lettered
+	// on Undecodable with its error as the reason, and acknowledged: never
+	// retried, never dropped silently.
+	Decode      func(subject string, data []byte) (T, error)
+	Undecodable string
+	// Handle works on one message. Its context carries a logger with the
+	// delivery's fields (zerolog.Ctx), and ends only when the grace
+	// period after a shutdown runs out.
+	Handle func(ctx context.Context, v T, a Attempt) Outcome
+	// GiveUp is the outcome of a message whose retries ran out or whose
+	// failure cannot pass, reason saying why: typically DeadLettered.
+	GiveUp func(v T, a Attempt, reason string) Outcome
+	// LogFields adds a message's identity to its log lines.
+	LogFields func(v T, c zerolog.Context) zerolog.Context
+
+	// MaxDeliver is how many counted deliveries a message gets (required).
+	MaxDeliver int
+	// RedeliveryDelay is the wait before a retry; it doubles with each
+	// counted delivery up to MaxRedeliveryDelay (both required). A
+	// server's longer Retry-After wins.
+	RedeliveryDelay, MaxRedeliveryDelay time.Duration
+	// Concurrency is the number of handlers at once (default
+	// DefaultConcurrency). The client buffers about as many messages, so
+	// that the ack-wait clock of a message does not run in a deep buffer.
+	Concurrency int
+	// Grace is how long handlers in flight may take to finish once Serve
+	// is told to stop (default DefaultGrace); then their context ends.
+	Grace time.Duration
+
+	Log     zerolog.Logger
+	Metrics *Metrics // nil: none
+}
+
+// Serve runs c on its durable consumer until ctx ends. Then it stops
+// pulling, hands back what the client had buffered but not started, waits
+// for the handlers in flight (cancelling them after the grace period) and
+// for the acknowledgements that wait on their publications, and returns.
+// Nothing is lost: a message not acknowledged is delivered again.
+func Serve[T any](ctx context.Context, b *Bus, c Consumer[T]) error {
+	if c.Decode == nil || c.Handle == nil || c.GiveUp == nil || c.Undecodable == "" {
+		return errors.New("serve: a consumer needs Decode, Handle, GiveUp and Undecodable")
+	}
+	if c.MaxDeliver <= 0 || c.RedeliveryDelay <= 0 || c.MaxRedeliveryDelay <= 0 {
+		return errors.New("serve: a consumer needs MaxDeliver, RedeliveryDelay and MaxRedeliveryDelay")
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Grace <= 0 {
+		c.Grace = DefaultGrace
+	}
+	s, err := b.durableStream(c.Durable)
+	if err != nil {
+		return err
+	}
+	cons, err := s.Consumer(ctx, c.Durable)
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", c.Durable, err)
+	}
+	// The heartbeat derives from the consumer's own ack deadline, so the
+	// two can never disagree.
+	ackWait := cons.CachedInfo().Config.AckWait
+	if ackWait <= 0 {
+		ackWait = DefaultAckWait
+	}
+	e := &executor[T]{b: b, c: c, every: ackWait / 3, log: c.Log.With().Str("consumer", c.Durable).Logger()}
+	err = e.pool(ctx, cons)
+	e.pending.Wait()
+	return err
+}
+
+// executor settles the deliveries of one consumer.
+type executor[T any] struct {
+	b     *Bus
+	c     Consumer[T]
+	every time.Duration // heartbeat interval
+	log   zerolog.Logger
+
+	// pending counts acknowledgements waiting on publications, so that
+	// Serve does not return (and the connection close) under them.
+	pending sync.WaitGroup
+}
+
+// pool pulls messages and runs handlers, Concurrency at a time.
+func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(e.c.Concurrency), jetstream.WithMessagesErrOnMissingHeartbeat(false))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", e.c.Durable, err)
+	}
+	// Handlers get their own context: a shutdown lets them finish what
+	// they started, within the grace period.
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+	stopped := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Drain()
+			select {
+			case <-time.After(e.c.Grace):
+				e.log.Warn().Dur("grace", e.c.Grace).Msg("grace period over; cancelling the messages in flight")
+				hcancel()
+			case <-stopped:
+			}
+		case <-stopped:
+		}
+	}()
+	defer close(stopped)
+
+	slots := make(chan struct{}, e.c.Concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		// Take a slot before pulling, so a message is only taken from
+		// the buffer when a handler is free for it.
+		slots <- struct{}{}
+		m, err := it.Next()
+		if err != nil {
+			<-slots
+			switch {
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil:
+				return nil
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+				return fmt.Errorf("consume %s: iterator closed", e.c.Durable)
+			case errors.Is(err, jetstream.ErrNoHeartbeat):
+				continue
+			}
+			return fmt.Errorf("consume %s: %w", e.c.Durable, err)
+		}
+		if ctx.Err() != nil {
+			// Draining: this one was buffered, not started. Hand it
+			// back so another replica takes it now, not after ack-wait.
+			e.settle(hctx, m, nil, Attempt{}, HandBack(), e.log)
+			<-slots
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			e.deliver(hctx, m)
+		}()
+	}
+}
+
+// deliver works on one message and settles it.
+func (e *executor[T]) deliver(ctx context.Context, m jetstream.Msg) {
+	start := time.Now()
+	md, err := m.Metadata()
+	if err != nil {
+		// Not a JetStream message: nothing to acknowledge.
+		e.log.Error().Err(err).Str("subject", m.Subject()).Msg("message without JetStream metadata ignored")
+		return
+	}
+	a := Attempt{N: e.b.countedDeliveries(ctx, e.c.Durable, md), Max: e.c.MaxDeliver, Subject: m.Subject(), Seq: md.Sequence.Stream}
+	log := e.log.With().Uint64("stream_seq", a.Seq).Int("attempt", a.N).Logger()
+
+	// The ack deadline runs while the handler waits on a remote service:
+	// report progress so the server does not give the message to another
+	// replica meanwhile.
+	hb := newHeartbeat(m, e.every)
+	out := e.decide(ctx, m, a, &log)
+	hb.stop()
+
+	e.settle(ctx, m, md, a, out, log)
+	if e.c.Metrics != nil {
+		e.c.Metrics.observe(e.c.Durable, out, time.Since(start))
+	}
+}
+
+// decide decodes and handles one delivery, and resolves an Err into a
+// retry or a give-up. A panic anywhere in it is an error like any other:
+// retried, then given up, never a lost message or a dead replica.
+func (e *executor[T]) decide(ctx context.Context, m jetstream.Msg, a Attempt, log *zerolog.Logger) (out Outcome) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error().Interface("panic", p).Msg("handler panicked; the message will be delivered again")
+			out = retryAfter(e.delay(a.N), fmt.Errorf("handler panicked: %v", p))
+		}
+	}()
+	v, err := e.c.Decode(m.Subject(), m.Data())
+	if err != nil {
+		return DeadLettered(e.c.Undecodable, "", err.Error())
+	}
+	if e.c.LogFields != nil {
+		*log = e.c.LogFields(v, log.With()).Logger()
+	}
+	if a.N > a.Max {
+		// Delivered past the limit without an answer (a replica died on
+		// it each time): stop here rather than try again.
+		return e.c.GiveUp(v, a, fmt.Sprintf("delivered %d times without an answer (limit %d)", a.N, a.Max))
+	}
+	out = e.handle(log.WithContext(ctx), v, a, log)
+	if out.kind != KindError {
+		return out
+	}
+	return e.resolve(ctx, v, a, out.err)
+}
+
+// handle runs the handler, turning a panic into a retryable error.
+func (e *executor[T]) handle(ctx context.Context, v T, a Attempt, log *zerolog.Logger) (out Outcome) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error().Interface("panic", p).Msg("handler panicked")
+			out = Err(panicError{p})
+		}
+	}()
+	return e.c.Handle(ctx, v, a)
+}
+
+type panicError struct{ v any }
+
+func (p panicError) Error() string   { return fmt.Sprintf("handler panicked: %v", p.v) }
+func (p panicError) Retryable() bool { return true }
+
+// resolve decides the fate of a failure: the one place that tells a retry
+// from a give-up.
+func (e *executor[T]) resolve(ctx context.Context, v T, a Attempt, err error) Outcome {
+	switch {
+	case ctx.Err() != nil:
+		// Shutting down and out of grace: the work was cut short, not
+		// failed.
+		return HandBack()
+	case !retry.IsRetryable(err):
+		return e.c.GiveUp(v, a, err.Error())
+	case a.Last():
+		return e.c.GiveUp(v, a, fmt.Sprintf("gave up after %d deliveries: %v", a.N, err))
+	}
+	d := e.delay(a.N)
+	if after, ok := retry.RetryAfter(err); ok && after > d {
+		d = after
+	}
+	return retryAfter(d, err)
+}
+
+func (e *executor[T]) delay(n int) time.Duration {
+	return retry.Doubling(e.c.RedeliveryDelay, e.c.MaxRedeliveryDelay, n)
+}
+
+// settle carries out an outcome. It is the only function in the program
+// that acknowledges, delays, hands back or dead-letters a consumed message.
+// The order keeps "exactly one result per job, nothing lost": a dead letter
+// is stored before the publications, the publications before the
+// acknowledgement, and whatever cannot be stored leaves the message
+// unacknowledged for another try. md is nil for a message handed back
+// unseen while draining.
+func (e *executor[T]) settle(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, a Attempt, out Outcome, log zerolog.Logger) {
+	switch out.kind {
+	case KindHandBack:
+		e.b.markUncounted(ctx, e.c.Durable, m, md)
+		_ = m.Nak()
+		return
+	case KindSnooze:
+		e.b.markUncounted(ctx, e.c.Durable, m, md)
+		log.Info().Str("reason", out.reason).Dur("redeliver_in", out.delay).Msg("message snoozed; this delivery does not count")
+		if err := m.NakWithDelay(out.delay); err != nil {
+			log.Warn().Err(err).Msg("could not delay the message; it returns after the ack wait")
+		}
+		return
+	case KindRetry:
+		log.Warn().Err(out.err).Dur("redeliver_in", out.delay).Msg("message will be delivered again")
+		if err := m.NakWithDelay(out.delay); err != nil {
+			log.Warn().Err(err).Msg("could not delay the message; it returns after the ack wait")
+		}
+		return
+	case KindDeadLetter:
+		hdr := deadLetterHeader(m, md, out.runID, out.reason)
+		if _, err := e.b.publish(ctx, Publication{Subject: out.dlq, MsgID: deadLetterID(md), Data: m.Data()}, hdr); err != nil {
+			log.Error().Err(err).Msg("could not store the dead letter; the message will be delivered again")
+			_ = m.NakWithDelay(e.delay(a.N))
+			return
+		}
+		log.Error().Str("reason", out.reason).Str("dead_letter", out.dlq).Msg("message dead-lettered")
+	case KindDone:
+		log.Debug().Str("outcome", out.label).Msg("message done")
+	default:
+		log.Error().Stringer("kind", out.kind).Msg("unknown outcome; the message will be delivered again")
+		_ = m.NakWithDelay(e.delay(a.N))
+		return
+	}
+	e.publishThenAck(m, out.pubs, log)
+}
+
+// publishThenAck stores pubs and acknowledges m once the stream has them
+// all. The handler's slot is free meanwhile: the acknowledgement waits off
+// it (worth ~10% of throughput).
+func (e *executor[T]) publishThenAck(m jetstream.Msg, pubs []Publication, log zerolog.Logger) {
+	futures := make([]jetstream.PubAckFuture, 0, len(pubs))
+	for _, p := range pubs {
+		f, err := e.b.publishAsync(p)
+		if err != nil {
+			log.Error().Err(err).Str("subject", p.Subject).Msg("could not publish; the message will be delivered again")
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		futures = append(futures, f)
+	}
+	if len(futures) == 0 {
+		ack(m, log)
+		return
+	}
+	e.pending.Add(1)
+	go func() {
+		defer e.pending.Done()
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				log.Error().Err(err).Str("subject", f.Msg().Subject).Msg("a publication was not stored; the message will be delivered again")
+				_ = m.NakWithDelay(time.Second)
+				return
+			}
+		}
+		ack(m, log)
+	}()
+}
+
+func ack(m jetstream.Msg, log zerolog.Logger) {
+	if err := m.Ack(); err != nil {
+		log.Warn().Err(err).Msg("could not acknowledge; a redelivery repeats its stored publications harmlessly")
+	}
+}
+
+// heartbeat tells the server a message is still being worked on, every
+// interval, until stopped.
+type heartbeat struct {
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+func newHeartbeat(m jetstream.Msg, every time.Duration) *heartbeat {
+	h := &heartbeat{}
+	h.t = time.AfterFunc(every, func() {
+		_ = m.InProgress()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if !h.stopped {
+			h.t.Reset(every)
+		}
+	})
+	return h
+}
+
+func (h *heartbeat) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped = true
+	h.t.Stop()
+}
+
+// durableStream is the stream of one of the durable consumers.
+func (b *Bus) durableStream(durable string) (jetstream.Stream, error) {
+	switch durable {
+	case ConsumerWorkers:
+		return b.jobs, nil
+	case ConsumerWriteback:
+		return b.results, nil
+	}
+	return nil, fmt.Errorf("unknown consumer %q", durable)
+}
+
+// ConsumerState is what JetStream says of a durable consumer.
+type ConsumerState struct {
+	Pending    uint64        // stored messages not yet delivered
+	AckPending int           // delivered, not yet acknowledged
+	AckFloor   uint64        // stream sequence below which all is acknowledged
+	AckWait    time.Duration // its ack deadline
+	MaxDeliver int           // its server-side delivery limit (-1: none)
+}
+
+// ConsumerState reads the state of a durable consumer.
+func (b *Bus) ConsumerState(ctx context.Context, durable string) (ConsumerState, error) {
+	s, err := b.durableStream(durable)
+	if err != nil {
+		return ConsumerState{}, err
+	}
+	c, err := s.Consumer(ctx, durable)
+	if err != nil {
+		return ConsumerState{}, fmt.Errorf("consumer %s: %w", durable, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return ConsumerState{}, fmt.Errorf("consumer %s: %w", durable, err)
+	}
+	return ConsumerState{
+		Pending: info.NumPending, AckPending: info.NumAckPending, AckFloor: info.AckFloor.Stream,
+		AckWait: info.Config.AckWait, MaxDeliver: info.Config.MaxDeliver,
+	}, nil
+}

@@ -1,0 +1,171 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/message"
+)
+
+// FollowOptions shape Follow.
+type FollowOptions struct {
+	// WrittenBack makes the run complete only once write-back has settled
+	// each of its results (`run`), not just once each job has a result
+	// (`publish --wait`).
+	WrittenBack bool
+	Progress    io.Writer     // where progress goes (nil: none)
+	Terminal    bool          // Progress is a terminal: redraw one line in place
+	Every       time.Duration // how often progress is shown (default 200ms on a terminal, 5s otherwise)
+}
+
+// add counts one stored message of the run.
+func (t *Tally) add(s bus.Stored) {
+	if s.Receipt {
+		if rc, err := message.ParseReceipt(s.Data); err == nil {
+			t.AddReceipt(rc)
+		}
+		return
+	}
+	r, err := message.ParseResult(s.Data)
+	if err != nil {
+		t.AddUnreadable()
+		return
+	}
+	t.Add(r)
+}
+
+// complete reports whether every job of rec has its result (and, with
+// writtenBack, every result its receipt).
+func (t *Tally) complete(rec Record, writtenBack bool) bool {
+	return rec.Published && int64(t.done) >= rec.Total && (!writtenBack || t.awaiting == 0)
+}
+
+// Follow reads the results (and receipts) of run id as they come until the
+// run is complete, showing progress. Interrupting it (ctx) loses nothing:
+// the run goes on, and Status shows it later. Completion is the run's own:
+// another run's result still being retried does not hold it up.
+func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Record, error) {
+	if o.Every <= 0 {
+		o.Every = 5 * time.Second
+		if o.Terminal {
+			o.Every = 200 * time.Millisecond
+		}
+	}
+	rec, err := Get(ctx, b, id)
+	if err != nil {
+		return nil, rec, err
+	}
+	var (
+		mu    sync.Mutex
+		tally Tally
+	)
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	readErr := make(chan error, 1)
+	go func() {
+		readErr <- b.ReadRun(rctx, id, true, func(s bus.Stored) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			tally.add(s)
+			return true
+		})
+	}()
+	p := progress{o: o}
+	line := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return progressLine(&tally, rec, o.WrittenBack)
+	}
+	// finish stops the reader and waits for it, so that the tally
+	// returned is no longer written to.
+	finish := func() *Tally {
+		stop()
+		<-readErr
+		return &tally
+	}
+	tick := time.NewTicker(min(o.Every, 200*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			p.show(line(), true)
+			return finish(), rec, fmt.Errorf("stopped waiting for run %s (it goes on; see `tqtriage status %s`): %w", id, id, ctx.Err())
+		case err := <-readErr:
+			if err == nil || errors.Is(err, context.Canceled) {
+				err = errors.New("results stream ended")
+			}
+			readErr <- nil // for finish
+			return finish(), rec, fmt.Errorf("following run %s: %w", id, err)
+		case <-tick.C:
+		}
+		if !rec.Published {
+			if r, err := Get(ctx, b, id); err == nil {
+				rec = r
+			}
+		}
+		mu.Lock()
+		complete := tally.complete(rec, o.WrittenBack)
+		mu.Unlock()
+		if complete {
+			p.show(line(), true)
+			return finish(), rec, nil
+		}
+		p.show(line(), false)
+	}
+}
+
+// progressLine is the tally's line, with what the run still waits for.
+func progressLine(t *Tally, rec Record, writtenBack bool) string {
+	l := t.Line(rec.Total)
+	switch {
+	case !rec.Published:
+		l += " (still publishing)"
+	case writtenBack && t.awaiting > 0 && int64(t.done) >= rec.Total:
+		l += fmt.Sprintf(" (writing back %d)", t.awaiting)
+	}
+	return l
+}
+
+// progress shows a line: redrawn in place on a terminal, or printed every
+// so often.
+type progress struct {
+	o         FollowOptions
+	lastShown time.Time
+}
+
+func (p *progress) show(line string, final bool) {
+	if p.o.Progress == nil {
+		return
+	}
+	switch {
+	case p.o.Terminal:
+		fmt.Fprintf(p.o.Progress, "\r\033[K%s", line)
+		if final {
+			fmt.Fprintln(p.o.Progress)
+		}
+	case final || time.Since(p.lastShown) >= p.o.Every:
+		fmt.Fprintln(p.o.Progress, line)
+	default:
+		return
+	}
+	p.lastShown = time.Now()
+}
+
+// Status counts the results (and receipts) stored so far for run id.
+func Status(ctx context.Context, b Bus, id string) (*Tally, Record, error) {
+	rec, err := Get(ctx, b, id)
+	if err != nil {
+		return nil, rec, err
+	}
+	var tally Tally
+	err = b.ReadRun(ctx, id, false, func(s bus.Stored) bool {
+		tally.add(s)
+		return true
+	})
+	return &tally, rec, err
+}

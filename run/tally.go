@@ -1,0 +1,172 @@
+package run
+
+import (
+	"github.com/tqtriage/tqtriage/message"
+)
+
+// Tally is the latest status of every job of a run seen so far, and
+// whether write-back has settled its latest result. A repeated result (a
+// redelivery past the duplicate window, a replayed dead letter) replaces
+// the job's earlier one rather than adding to the count.
+//
+// Its memory is one byte per job (by seq), plus a map entry for each job
+// that came without a seq.
+type Tally struct {
+	bySeq    []uint8 // index seq-1: jobState
+	noSeq    map[int64]uint8
+	counts   [8]int
+	done     int
+	unread   int // results that did not parse
+	awaiting int // jobs whose latest result has no receipt yet
+	wbFailed int // jobs whose latest result's write-back was dead-lettered
+	examples map[message.Status][]message.Result
+	wbErrors []message.Receipt // a few dead-lettered write-backs
+}
+
+// A job's state in one byte: the status of its latest result (1 + its
+// index in message.Statuses; 0: none yet), whether that result awaits its
+// receipt, and whether its write-back was dead-lettered.
+const (
+	statusMask uint8 = 0x0f
+	awaitBit   uint8 = 0x40
+	wbFailBit  uint8 = 0x80
+)
+
+// maxExamples is how many results of each problem status a summary shows.
+const maxExamples = 5
+
+func statusIndex(s message.Status) uint8 {
+	for i, v := range message.Statuses {
+		if v == s {
+			return uint8(i + 1)
+		}
+	}
+	return 0
+}
+
+// get is the state of the job of seq (or, without a seq, of indicator id).
+func (t *Tally) get(seq, id int64) uint8 {
+	if seq > 0 {
+		if seq <= int64(len(t.bySeq)) {
+			return t.bySeq[seq-1]
+		}
+		return 0
+	}
+	return t.noSeq[id]
+}
+
+func (t *Tally) set(seq, id int64, v uint8) {
+	if seq > 0 {
+		for int64(len(t.bySeq)) < seq {
+			t.bySeq = append(t.bySeq, make([]uint8, max(int(seq)-len(t.bySeq), len(t.bySeq)))...)
+		}
+		t.bySeq[seq-1] = v
+		return
+	}
+	if t.noSeq == nil {
+		t.noSeq = map[int64]uint8{}
+	}
+	t.noSeq[id] = v
+}
+
+// Add counts one result.
+func (t *Tally) Add(r message.Result) {
+	idx := statusIndex(r.Status)
+	if idx == 0 {
+		t.unread++
+		return
+	}
+	prev := t.get(r.Seq, r.Indicator.ID)
+	if prev&statusMask == 0 {
+		t.done++
+	} else {
+		t.counts[prev&statusMask]--
+	}
+	if prev&awaitBit == 0 {
+		t.awaiting++
+	}
+	t.counts[idx]++
+	// The new result awaits its own receipt; a failed write-back of an
+	// earlier one stays counted until this one is settled.
+	t.set(r.Seq, r.Indicator.ID, idx|awaitBit|prev&wbFailBit)
+	switch r.Status {
+	case message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound:
+		if t.examples == nil {
+			t.examples = map[message.Status][]message.Result{}
+		}
+		if len(t.examples[r.Status]) < maxExamples {
+			t.examples[r.Status] = append(t.examples[r.Status], r)
+		}
+	}
+}
+
+// AddReceipt counts write-back's receipt for a job's result.
+func (t *Tally) AddReceipt(rc message.Receipt) {
+	v := t.get(rc.Seq, rc.Indicator)
+	if v&statusMask == 0 {
+		return // no result of this job was read: not ours to count
+	}
+	if v&awaitBit != 0 {
+		t.awaiting--
+		v &^= awaitBit
+	}
+	failed := rc.Outcome == message.ReceiptDeadLettered
+	switch {
+	case failed && v&wbFailBit == 0:
+		t.wbFailed++
+		v |= wbFailBit
+	case !failed && v&wbFailBit != 0:
+		t.wbFailed--
+		v &^= wbFailBit
+	}
+	if failed && len(t.wbErrors) < maxExamples {
+		t.wbErrors = append(t.wbErrors, rc)
+	}
+	t.set(rc.Seq, rc.Indicator, v)
+}
+
+// AddUnreadable counts a stored result that could not be parsed.
+func (t *Tally) AddUnreadable() { t.unread++ }
+
+// Done is the number of jobs with a result.
+func (t *Tally) Done() int { return t.done }
+
+// AwaitingWriteback is the number of jobs whose latest result write-back
+// has not settled yet.
+func (t *Tally) AwaitingWriteback() int { return t.awaiting }
+
+// WritebackFailures is the number of jobs whose latest result could not
+// be written to ThreatQ (dead-lettered on tqtriage.dlq.writeback).
+func (t *Tally) WritebackFailures() int { return t.wbFailed }
+
+// Count is the number of jobs whose latest result has status s.
+func (t *Tally) Count(s message.Status) int { return t.counts[statusIndex(s)] }
+
+// Unreadable is the number of stored results that did not parse.
+func (t *Tally) Unreadable() int { return t.unread }
+
+// latest is the latest status of r's job.
+func (t *Tally) latest(r message.Result) message.Status {
+	v := t.get(r.Seq, r.Indicator.ID)
+	if v&statusMask == 0 {
+		return ""
+	}
+	return message.Statuses[v&statusMask-1]
+}
+
+// Counts returns the non-zero counts by status, in message.Statuses order.
+func (t *Tally) Counts() []StatusCount {
+	var out []StatusCount
+	for _, s := range message.Statuses {
+		if n := t.Count(s); n > 0 {
+			out = append(out, StatusCount{s, n})
+		}
+	}
+	return out
+}
+
+// StatusCount is one line of a summary.
+type StatusCount struct {
+	Status message.Status `json:"status"`
+	Count  int            `json:"count"`
+}

@@ -1,0 +1,80 @@
+package run
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/tqtriage/tqtriage/message"
+)
+
+func res(seq, id int64, s message.Status) message.Result {
+	return message.Result{V: 1, Seq: seq, Indicator: message.Indicator{ID: id, Type: "MD5", Value: "x"}, Status: s, Reason: "because"}
+}
+
+func receipt(seq, id int64, o message.ReceiptOutcome) message.Receipt {
+	return message.Receipt{V: 1, Seq: seq, Indicator: id, Outcome: o, Reason: "ThreatQ said no"}
+}
+
+func TestTallyCountsEachJobOnceWithItsLatestStatus(t *testing.T) {
+	var tl Tally
+	tl.Add(res(1, 11, message.StatusCreated))
+	tl.Add(res(3, 13, message.StatusFailed))
+	tl.Add(res(1, 11, message.StatusCreated)) // a repeat
+	tl.Add(res(3, 13, message.StatusCreated)) // a replayed dead letter
+	tl.Add(res(0, 99, message.StatusInvalid)) // a job without seq
+	tl.Add(res(0, 99, message.StatusInvalid))
+	tl.Add(res(1000, 1000, message.StatusSkipped))
+	if tl.Done() != 4 || tl.Count(message.StatusCreated) != 2 || tl.Count(message.StatusFailed) != 0 ||
+		tl.Count(message.StatusInvalid) != 1 || tl.Count(message.StatusSkipped) != 1 || tl.AwaitingWriteback() != 4 {
+		t.Fatalf("tally %+v: done %d, counts %v, awaiting write-back %d", tl, tl.Done(), tl.Counts(), tl.AwaitingWriteback())
+	}
+	if got := tl.Line(5); got != "4/5 jobs: created 2, invalid 1, skipped 1" {
+		t.Fatalf("Line = %q", got)
+	}
+	var b bytes.Buffer
+	tl.Summary(&b, "create run r1", 5)
+	if strings.Contains(b.String(), "failed") {
+		t.Errorf("summary shows a failure that a replay has since answered:\n%s", b.String())
+	}
+	for _, want := range []string{"create run r1", "created     2", "invalid, for example:", "indicator 99 (MD5 \"x\"): because"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestTallyFollowsWritebackReceiptsOfEachJobsLatestResult(t *testing.T) {
+	var tl Tally
+	tl.Add(res(1, 11, message.StatusCreated))
+	tl.Add(res(2, 12, message.StatusCreated))
+	tl.Add(res(0, 99, message.StatusInvalid))
+	tl.AddReceipt(receipt(1, 11, message.ReceiptWritten))
+	tl.AddReceipt(receipt(1, 11, message.ReceiptWritten)) // a repeat
+	tl.AddReceipt(receipt(0, 99, message.ReceiptNothing))
+	tl.AddReceipt(receipt(2, 12, message.ReceiptDeadLettered))
+	tl.AddReceipt(receipt(7, 17, message.ReceiptWritten)) // of a result not read: ignored
+	if tl.AwaitingWriteback() != 0 || tl.WritebackFailures() != 1 {
+		t.Fatalf("awaiting %d, failed %d; want 0 and 1", tl.AwaitingWriteback(), tl.WritebackFailures())
+	}
+	rec := Record{Published: true, Total: 3}
+	if !tl.complete(rec, true) || !tl.Failed(rec) {
+		t.Fatalf("complete %v, failed %v; want both", tl.complete(rec, true), tl.Failed(rec))
+	}
+	var b bytes.Buffer
+	tl.Summary(&b, "h", 3)
+	if !strings.Contains(b.String(), "write-back  1 results could not be written") || !strings.Contains(b.String(), "indicator 12: ThreatQ said no") {
+		t.Errorf("summary lacks the failed write-back:\n%s", b.String())
+	}
+
+	// The dead-lettered write-back is replayed: its result again, then
+	// its receipt, written this time.
+	tl.Add(res(2, 12, message.StatusCreated))
+	if tl.complete(rec, true) || !tl.complete(rec, false) {
+		t.Fatal("a result awaiting its receipt must hold up a run that waits for write-back, and only that")
+	}
+	tl.AddReceipt(receipt(2, 12, message.ReceiptWritten))
+	if tl.WritebackFailures() != 0 || tl.Failed(rec) || !tl.complete(rec, true) {
+		t.Fatalf("after the replay: failures %d, failed %v", tl.WritebackFailures(), tl.Failed(rec))
+	}
+}
