@@ -1,9 +1,6 @@
 package threatq
 
 import (
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/tqtriage/tqtriage/internal/httpclient"
 )
 
 // Sentinels for errors.Is. An *Error matches the one of its status code;
@@ -96,8 +95,9 @@ func (e *Error) Is(target error) bool {
 }
 
 // Retryable reports whether the same request may succeed later: 408, 429,
-// 5xx other than 501 and 505, and transport failures other than a refused
-// certificate or the caller's own cancellation.
+// 5xx other than 501 and 505, and the transport failures that
+// httpclient.TransportRetryable accepts (not a refused certificate, TLS to
+// a port without it, or the caller's own cancellation or deadline).
 func (e *Error) Retryable() bool {
 	switch {
 	case e.StatusCode == http.StatusRequestTimeout, e.StatusCode == http.StatusTooManyRequests:
@@ -115,34 +115,12 @@ func (e *Error) Retryable() bool {
 // RetryAfter is the delay the server asked for (0 when it did not).
 func (e *Error) RetryAfter() time.Duration { return e.RetryAfterDelay }
 
-// transportRetryable says whether a failure to get an answer at all is worth
-// another try. A certificate the client does not trust will not become
-// trusted by waiting, and a body too large or a broken document will come
-// back the same.
+// transportRetryable says whether a failure to get an answer at all is
+// worth another try. A body too large or a broken document would come back
+// the same; the rest is httpclient's rule.
 func transportRetryable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
-		return false
-	}
-	var (
-		unknown  x509.UnknownAuthorityError
-		hostname x509.HostnameError
-		invalid  x509.CertificateInvalidError
-		verify   *tls.CertificateVerificationError
-		record   tls.RecordHeaderError
-	)
-	if errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid) ||
-		errors.As(err, &verify) || errors.As(err, &record) {
-		return false
-	}
 	var decode *decodeError
-	return !errors.As(err, &decode)
-}
-
-// isTimeout: a client-side timeout of one request (http.Client.Timeout)
-// is worth retrying even though it satisfies context.DeadlineExceeded.
-func isTimeout(err error) bool {
-	var t interface{ Timeout() bool }
-	return errors.As(err, &t) && t.Timeout()
+	return !errors.As(err, &decode) && httpclient.TransportRetryable(err)
 }
 
 // decodeError marks a 2xx answer whose body could not be used: retrying

@@ -1,8 +1,6 @@
 package triage
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +26,7 @@ const (
 	KindUnauthorized      // 401 after one fresh token, or the token endpoint refused the credentials
 	KindRateLimited       // 429, with RetryAfterDelay when the server sent Retry-After
 	KindServer            // 5xx
-	KindTransport         // no answer: connection refused or reset, timeout, TLS failure
+	KindTransport         // no answer: connection refused or reset, timeout, TLS failure (retryable as httpclient.TransportRetryable says)
 	KindClient            // any other 4xx: permanent
 	KindBadResponse       // a status or body the client cannot use (a redirect, undecodable or oversized JSON)
 )
@@ -136,21 +134,9 @@ func (e *Error) Retryable() bool {
 	case KindRateLimited, KindServer:
 		return true
 	case KindTransport:
-		return !untrusted(e.Err)
+		return httpclient.TransportRetryable(e.Err)
 	}
 	return false
-}
-
-// untrusted reports a certificate that failed verification: a transport
-// failure that no retry fixes.
-func untrusted(err error) bool {
-	var (
-		verify   *tls.CertificateVerificationError
-		unknown  x509.UnknownAuthorityError
-		hostname x509.HostnameError
-		invalid  x509.CertificateInvalidError
-	)
-	return errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid)
 }
 
 // RetryAfter is the server's requested delay (0 when none), read by

@@ -250,3 +250,58 @@ func TestHTTPWrapSeesEveryRequest(t *testing.T) {
 		t.Fatalf("wrapped transport saw %s, want %s", got, want)
 	}
 }
+
+// TestTransportFailuresFollowTheSharedRule: what the client makes of a
+// failure to get an answer is httpclient.TransportRetryable's verdict.
+func TestTransportFailuresFollowTheSharedRule(t *testing.T) {
+	sim := triagesim.New(triagesim.Options{})
+	srv := httptest.NewUnstartedServer(sim)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the TLS hello on a plain port is expected
+	srv.Start()
+	t.Cleanup(srv.Close)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	slowly := func(t *testing.T, c *triage.Client) *triage.Client {
+		if err := c.Ping(context.Background()); err != nil { // the token, before the latency
+			t.Fatal(err)
+		}
+		sim.SetLatency(time.Second, 0)
+		t.Cleanup(func() { sim.SetLatency(0, 0) })
+		return c
+	}
+	cases := []struct {
+		name      string
+		client    func(t *testing.T) *triage.Client
+		timeout   time.Duration // of the caller's context, when set
+		retryable bool
+	}{
+		{"no server", func(t *testing.T) *triage.Client {
+			return newClient(t, triage.Config{BaseURL: gone.URL, Retry: retry.None})
+		}, 0, true},
+		{"https to a plain HTTP port", func(t *testing.T) *triage.Client {
+			return newClient(t, triage.Config{BaseURL: "https://" + srv.Listener.Addr().String(), Retry: retry.None})
+		}, 0, false},
+		{"the client's own timeout", func(t *testing.T) *triage.Client {
+			return slowly(t, newClient(t, triage.Config{BaseURL: srv.URL, Retry: retry.None, HTTP: httpclient.Options{Timeout: 50 * time.Millisecond}}))
+		}, 0, true},
+		{"the caller's deadline", func(t *testing.T) *triage.Client {
+			return slowly(t, newClient(t, triage.Config{BaseURL: srv.URL, Retry: retry.None}))
+		}, 50 * time.Millisecond, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.client(t)
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			_, err := c.GetIndicator(ctx, "1")
+			te := requireKind(t, err, triage.ErrTransport)
+			if te.Retryable() != tc.retryable || te.Retryable() != httpclient.TransportRetryable(te.Err) {
+				t.Fatalf("error %v: retryable %v, want %v", err, te.Retryable(), tc.retryable)
+			}
+		})
+	}
+}
