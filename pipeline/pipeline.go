@@ -52,7 +52,6 @@ func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, *throttle
 			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
 			Wrap: func(rt http.RoundTripper) http.RoundTripper { return th.Transport(rt) },
 		},
-		Retry: retry.None,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -38,7 +38,7 @@ func TestClientReadsRecordedBodies(t *testing.T) {
 	mux.Handle("GET /api/public/v2/threat_indicators/-1", serve(404, triage.MediaType, read("xsoar_v3_test_404_error.json")))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
-	c, err := triage.New(context.Background(), triage.Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret", Retry: fast})
+	c, err := triage.New(context.Background(), triage.Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,8 +41,8 @@ const MaxPageSize = 200
 // CreateIndicator creates an indicator. An indicator of the same type and
 // value that exists already is ErrDuplicate: look it up with FindIndicator.
 //
-// A create that fails in transit is retried (under the client's policy), so
-// a create that did reach Triage may come back as ErrDuplicate.
+// A create that failed in transit may have reached Triage all the same: a
+// caller that tries it again may be answered ErrDuplicate.
 func (c *Client) CreateIndicator(ctx context.Context, in NewIndicator) (*Indicator, error) {
 	k, err := c.newCall(http.MethodPost, indicatorsPath, nil, requestDocument{Data: requestResource{
 		Type: ResourceType,
@@ -198,8 +198,8 @@ func (o ListOptions) query() (url.Values, error) {
 const TimeFormat = "2006-01-02T15:04:05.000Z"
 
 // ListIndicators yields the indicators opts select, page by page, following
-// the links.next of each page until a page has none. Each page is one call
-// under the retry policy. A failure is yielded once, with a nil indicator,
+// the links.next of each page until a page has none. Each page is one call,
+// not retried. A failure is yielded once, with a nil indicator,
 // and ends the sequence. A next link to another host than the base URL is
 // not followed (it would carry the token there): it ends the sequence with
 // a KindBadResponse error.
