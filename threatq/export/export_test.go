@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/tqtriage/tqtriage/internal/fixture"
 	"github.com/tqtriage/tqtriage/threatq"
 )
 
@@ -275,10 +274,7 @@ func TestReadErrorsAreFatal(t *testing.T) {
 func TestExportOfTheAPIFixturePage(t *testing.T) {
 	// A JSON-lines export made of the fixture page's indicators, one per
 	// line, as an export job writes them.
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "fixtures", "elastic_data_collection_page1.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := fixture.Read(t, "threatq", "elastic_data_collection_page1.json")
 	var page threatq.CollectionPage
 	if err := page.UnmarshalJSON(b); err != nil {
 		t.Fatal(err)

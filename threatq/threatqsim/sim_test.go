@@ -8,28 +8,18 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tqtriage/tqtriage/internal/fixture"
 	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 )
 
 // --- plumbing --------------------------------------------------------------
-
-func fixture(t *testing.T, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "fixtures", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // rawClient speaks to the sim with plain HTTP, so that these tests see the
 // documents exactly as sent.
@@ -196,7 +186,7 @@ func isSubset(sub, super []string) bool {
 func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	t.Run("collection page", func(t *testing.T) {
 		var p threatq.CollectionPage
-		if err := json.Unmarshal(fixture(t, "elastic_data_collection_page1.json"), &p); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "elastic_data_collection_page1.json"), &p); err != nil {
 			t.Fatal(err)
 		}
 		if p.Total != 4090 || p.Limit != 100 || p.NextCursorMark != "AoJ9z5LKnvwCJjEwNjk2Nw==" || len(p.Data) != 6 {
@@ -208,7 +198,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	})
 	t.Run(`last page with "data": {}`, func(t *testing.T) {
 		var p threatq.CollectionPage
-		if err := json.Unmarshal(fixture(t, "elastic_data_collection_page2_end.json"), &p); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "elastic_data_collection_page2_end.json"), &p); err != nil {
 			t.Fatal(err)
 		}
 		if len(p.Data) != 0 || p.Total != 4090 || p.NextCursorMark != "BoJ9z5LKnvwCJjEwNjk2Nw==" {
@@ -217,7 +207,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	})
 	t.Run("indicator query with offset paging", func(t *testing.T) {
 		var p threatq.CollectionPage
-		if err := json.Unmarshal(fixture(t, "xsoar_indicators_query_response.json"), &p); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_indicators_query_response.json"), &p); err != nil {
 			t.Fatal(err)
 		}
 		if len(p.Data) != 1 || p.Data[0] != (threatq.Indicator{ID: 2019, Type: "Email Address", Value: "foo@demisto.com"}) {
@@ -228,7 +218,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		var results []struct {
 			EntityResult threatq.CollectionPage
 		}
-		if err := json.Unmarshal(fixture(t, "siemplify_enrich_hash_results.json"), &results); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "siemplify_enrich_hash_results.json"), &results); err != nil {
 			t.Fatal(err)
 		}
 		if len(results) < 2 || results[0].EntityResult.Data[0].Type != "MD5" || results[1].EntityResult.Data[0].Type != "SHA-1" {
@@ -240,13 +230,13 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 			raw  []byte
 			want threatq.TokenResponse
 		}{
-			{fixture(t, "elastic_token_response_client_credentials.json"), threatq.TokenResponse{AccessToken: "testaccess", TokenType: "Bearer", ExpiresIn: 172799, RefreshToken: "testrefresh"}},
-			{fixture(t, "xsoar_token_response_password_grant.json"), threatq.TokenResponse{AccessToken: "3220879210", ExpiresIn: 3600}},
+			{fixture.Read(t, "threatq", "elastic_token_response_client_credentials.json"), threatq.TokenResponse{AccessToken: "testaccess", TokenType: "Bearer", ExpiresIn: 172799, RefreshToken: "testrefresh"}},
+			{fixture.Read(t, "threatq", "xsoar_token_response_password_grant.json"), threatq.TokenResponse{AccessToken: "3220879210", ExpiresIn: 3600}},
 		}
 		var kibana struct {
 			TokenResponse json.RawMessage `json:"token_response"`
 		}
-		if err := json.Unmarshal(fixture(t, "kibana_threatq_test_exchanges.json"), &kibana); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "kibana_threatq_test_exchanges.json"), &kibana); err != nil {
 			t.Fatal(err)
 		}
 		cases = append(cases, struct {
@@ -262,7 +252,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	})
 	t.Run("attribute add response", func(t *testing.T) {
 		var row threatq.AttributeRow
-		if err := json.Unmarshal(fixture(t, "siemplify_add_attribute_response.json"), &row); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "siemplify_add_attribute_response.json"), &row); err != nil {
 			t.Fatal(err)
 		}
 		if row.ID != 3 || row.AttributeID != 1 || row.Name != "Category" || row.Value != "Malware" ||
@@ -272,7 +262,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	})
 	t.Run("error responses", func(t *testing.T) {
 		var bodies []json.RawMessage
-		if err := json.Unmarshal(fixture(t, "xsoar_error_responses.json"), &bodies); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_error_responses.json"), &bodies); err != nil {
 			t.Fatal(err)
 		}
 		want := [][]string{
@@ -293,7 +283,7 @@ func TestTokenAnswerHasTheFixtureShape(t *testing.T) {
 	_, c := start(t, threatqsim.Options{})
 	a := c.tokenRequest("grant_type=client_credentials", "application/x-www-form-urlencoded", "",
 		&[2]string{threatqsim.DefaultClientID, threatqsim.DefaultClientSecret})
-	if want := keys(t, fixture(t, "elastic_token_response_client_credentials.json")); !slices.Equal(keys(t, a.body), want) {
+	if want := keys(t, fixture.Read(t, "threatq", "elastic_token_response_client_credentials.json")); !slices.Equal(keys(t, a.body), want) {
 		t.Fatalf("token keys %v, want %v", keys(t, a.body), want)
 	}
 	var tr threatq.TokenResponse
@@ -310,7 +300,7 @@ func TestCollectionPagesHaveTheFixtureShape(t *testing.T) {
 	})
 	c.login()
 
-	fix := fixture(t, "elastic_data_collection_page1.json")
+	fix := fixture.Read(t, "threatq", "elastic_data_collection_page1.json")
 	fixPage := map[string]json.RawMessage{}
 	if err := json.Unmarshal(fix, &fixPage); err != nil {
 		t.Fatal(err)
@@ -375,7 +365,7 @@ func TestCollectionPagesHaveTheFixtureShape(t *testing.T) {
 		t.Fatalf("cursor %q is not base64: %v", next, err)
 	}
 	end := c.api(http.MethodGet, "/api/indicators/query/hash/h?sort=updated_at&limit=2&cursorMark="+url.QueryEscape(next), "")
-	endFix := fixture(t, "elastic_data_collection_page2_end.json")
+	endFix := fixture.Read(t, "threatq", "elastic_data_collection_page2_end.json")
 	if got, want := keys(t, end.body), keys(t, endFix); !slices.Equal(got, want) {
 		t.Fatalf("end page keys %v, want %v", got, want)
 	}
@@ -414,7 +404,7 @@ func TestAttributeAnswersHaveTheFixtureShape(t *testing.T) {
 
 	// The fixture is an adversary's attribute; an indicator's names the
 	// indicator instead, and carries touched_at like the page's rows.
-	fix := fixture(t, "siemplify_add_attribute_response.json")
+	fix := fixture.Read(t, "threatq", "siemplify_add_attribute_response.json")
 	want := append(rename(keys(t, fix), "adversary_id", "indicator_id"), "touched_at")
 	slices.Sort(want)
 	if got := keys(t, row); !slices.Equal(got, want) {
@@ -454,7 +444,7 @@ func TestErrorAnswersHaveTheFixtureShapes(t *testing.T) {
 	id := sim.AddCollection("h", "n", []threatqsim.SeedIndicator{{Type: "MD5", Value: strings.Repeat("c", 32)}})[0]
 	c.login()
 	var fix []json.RawMessage
-	if err := json.Unmarshal(fixture(t, "xsoar_error_responses.json"), &fix); err != nil {
+	if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_error_responses.json"), &fix); err != nil {
 		t.Fatal(err)
 	}
 
