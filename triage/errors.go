@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/triage/internal/wire"
 )
 
 // Kind says what went wrong with a call, in terms a caller can act on.
@@ -199,40 +200,8 @@ func CheckResponse(resp *http.Response, body []byte, method, path string) error 
 	return e
 }
 
-// errorBody covers both error shapes seen from Triage: JSON:API
-// (jsonapi-resources) errors and Doorkeeper's OAuth errors.
-type errorBody struct {
-	Errors           []ErrorObject `json:"errors"`
-	Error            string        `json:"error"`
-	ErrorDescription string        `json:"error_description"`
-}
-
-// ErrorObject is one JSON:API error object as jsonapi-resources writes it.
-type ErrorObject struct {
-	Title  string `json:"title"`
-	Detail string `json:"detail"`
-	Code   string `json:"code"`
-	Status string `json:"status"`
-	Source struct {
-		Pointer string `json:"pointer"`
-	} `json:"source"`
-}
-
-// Message is the object's text for a person: its detail ("threat_value -
-// can't be blank"), led by its title when the detail does not repeat it.
-func (o ErrorObject) Message() string {
-	switch {
-	case o.Detail == "":
-		return o.Title
-	case o.Title == "" || strings.Contains(o.Detail, o.Title):
-		return o.Detail
-	default:
-		return o.Title + ": " + o.Detail
-	}
-}
-
 func errorMessages(body []byte) []string {
-	var eb errorBody
+	var eb wire.ErrorBody
 	if len(body) == 0 || json.Unmarshal(body, &eb) != nil {
 		return nil
 	}

@@ -13,14 +13,15 @@ import (
 
 	"github.com/tqtriage/tqtriage/internal/fixture"
 	"github.com/tqtriage/tqtriage/triage"
+	"github.com/tqtriage/tqtriage/triage/internal/wire"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 )
 
 // TestFixturesDecodeWithClientTypes decodes every recorded body with the
 // types the client decodes with. A new fixture file must be added here.
 func TestFixturesDecodeWithClientTypes(t *testing.T) {
-	decodeOne := func(t *testing.T, b []byte) *triage.Indicator {
-		var doc triage.Document
+	decodeOne := func(t *testing.T, b []byte) *wire.Indicator {
+		var doc wire.Document
 		if err := json.Unmarshal(b, &doc); err != nil {
 			t.Fatal(err)
 		}
@@ -33,12 +34,12 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		}
 		return in
 	}
-	decodeList := func(t *testing.T, b []byte) ([]*triage.Indicator, triage.Links) {
-		var doc triage.ListDocument
+	decodeList := func(t *testing.T, b []byte) ([]*wire.Indicator, wire.Links) {
+		var doc wire.ListDocument
 		if err := json.Unmarshal(b, &doc); err != nil {
 			t.Fatal(err)
 		}
-		var out []*triage.Indicator
+		var out []*wire.Indicator
 		for _, r := range doc.Data {
 			in, err := r.Indicator()
 			if err != nil {
@@ -85,7 +86,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 			}
 		},
 		"xsoar_v3_reports_list_with_pagination_links.json": func(t *testing.T, b []byte) {
-			var doc triage.ListDocument
+			var doc wire.ListDocument
 			if err := json.Unmarshal(b, &doc); err != nil {
 				t.Fatal(err)
 			}
