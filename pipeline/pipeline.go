@@ -49,7 +49,6 @@ func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, error) {
 			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
 			Wrap: func(rt http.RoundTripper) http.RoundTripper { return th.Transport(rt) },
 		},
-		Retry: retry.None,
 	})
 }
 

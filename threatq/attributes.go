@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
 
 // Attribute is a named value on an indicator ("Threat Level": "Malicious").
@@ -38,15 +40,15 @@ func (c *Client) Attributes(ctx context.Context, indicatorID int64) ([]Attribute
 // attributeRows lists every attribute row of an indicator. The first
 // request is the plain one every known integration sends; only when its
 // total says rows are missing does it page on with limit and offset.
-func (c *Client) attributeRows(ctx context.Context, indicatorID int64) ([]AttributeRow, error) {
+func (c *Client) attributeRows(ctx context.Context, indicatorID int64) ([]wire.AttributeRow, error) {
 	if indicatorID <= 0 {
 		return nil, fmt.Errorf("attributes: %w: indicator id %d", ErrInvalidArgument, indicatorID)
 	}
 	path := attributesPath(indicatorID)
-	var rows []AttributeRow
+	var rows []wire.AttributeRow
 	var query url.Values
 	for {
-		var l AttributeList
+		var l wire.AttributeList
 		if err := c.do(ctx, call{method: http.MethodGet, path: path, query: query}, &l); err != nil {
 			return nil, fmt.Errorf("list attributes of indicator %d: %w", indicatorID, err)
 		}
@@ -92,14 +94,14 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 	if err != nil {
 		return err
 	}
-	byName := make(map[string][]AttributeRow, len(attrs))
+	byName := make(map[string][]wire.AttributeRow, len(attrs))
 	for _, r := range rows {
 		if seen[r.Name] {
 			byName[r.Name] = append(byName[r.Name], r)
 		}
 	}
 	for _, rs := range byName {
-		slices.SortStableFunc(rs, func(a, b AttributeRow) int { return cmp.Compare(a.ID, b.ID) })
+		slices.SortStableFunc(rs, func(a, b wire.AttributeRow) int { return cmp.Compare(a.ID, b.ID) })
 	}
 	var errs []error
 	for _, a := range attrs {
@@ -119,12 +121,12 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 }
 
 // setOne brings the rows of one name to the single value of a.
-func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, rows []AttributeRow) error {
+func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, rows []wire.AttributeRow) error {
 	path := attributesPath(indicatorID)
 	if len(rows) == 0 {
 		// One object per request: the single-object body is the one every
 		// known integration sends (arrays are said to work but are unproven).
-		body := attributeBody{Name: a.Name, Value: a.Value, Sources: []Source{{Name: c.source}}}
+		body := attributeBody{Name: a.Name, Value: a.Value, Sources: []wire.Source{{Name: c.source}}}
 		if err := c.do(ctx, call{method: http.MethodPost, path: path, body: body}, nil); err != nil {
 			return fmt.Errorf("add %q: %w", a.Name, err)
 		}
@@ -161,9 +163,9 @@ func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, row
 }
 
 type attributeBody struct {
-	Name    string   `json:"name"`
-	Value   string   `json:"value"`
-	Sources []Source `json:"sources"`
+	Name    string        `json:"name"`
+	Value   string        `json:"value"`
+	Sources []wire.Source `json:"sources"`
 }
 
 type valueBody struct {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
 
 // grant builds the token request of one OAuth grant. Both put grant_type
@@ -68,7 +69,7 @@ func (c *Client) fetchToken(ctx context.Context, g grant) (token, error) {
 		return token{}, &Error{Method: http.MethodPost, Path: tokenPath, Err: c.maskErr(err)}
 	}
 	defer httpclient.Drain(resp.Body)
-	var tr TokenResponse
+	var tr wire.TokenResponse
 	if err := c.read(resp, http.MethodPost, tokenPath, &tr); err != nil {
 		if e, ok := err.(*Error); ok && e.StatusCode >= 400 && e.StatusCode < 500 && e.StatusCode != http.StatusTooManyRequests && e.StatusCode != http.StatusRequestTimeout {
 			// The server looked at the credentials and said no.

@@ -5,6 +5,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -594,6 +596,43 @@ func TestCustomCAFile(t *testing.T) {
 		c := newClient(t, srv.URL, func(cfg *threatq.Config) { cfg.HTTP = httpclient.Options{InsecureSkipVerify: true} })
 		if _, err := c.CollectionName(t.Context(), "h"); err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// TestTransportFailuresFollowTheSharedRule: what the client makes of a
+// failure to get an answer is httpclient.TransportRetryable's verdict.
+func TestTransportFailuresFollowTheSharedRule(t *testing.T) {
+	sim := threatqsim.New(threatqsim.Options{})
+	sim.AddCollection("h", "n", nil)
+	srv := httptest.NewUnstartedServer(sim)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the TLS hello on a plain port is expected
+	srv.Start()
+	t.Cleanup(srv.Close)
+	once := func(cfg *threatq.Config) { cfg.Retry = retry.None }
+
+	t.Run("https to a plain HTTP port", func(t *testing.T) {
+		c := newClient(t, "https://"+srv.Listener.Addr().String(), once)
+		_, err := c.CollectionName(t.Context(), "h")
+		var e *threatq.Error
+		if !errors.As(err, &e) || e.StatusCode != 0 || e.Retryable() || errors.Is(err, threatq.ErrUnavailable) {
+			t.Fatalf("err %v, want a transport error that no retry fixes", err)
+		}
+	})
+	t.Run("the client's own timeout", func(t *testing.T) {
+		c := newClient(t, srv.URL, func(cfg *threatq.Config) {
+			once(cfg)
+			cfg.HTTP = httpclient.Options{Timeout: 50 * time.Millisecond}
+		})
+		if err := c.Ping(t.Context()); err != nil { // the token, before the latency
+			t.Fatal(err)
+		}
+		sim.SetLatency(time.Second)
+		defer sim.SetLatency(0)
+		_, err := c.CollectionName(t.Context(), "h")
+		var e *threatq.Error
+		if !errors.As(err, &e) || !e.Retryable() || !errors.Is(err, threatq.ErrUnavailable) {
+			t.Fatalf("err %v, want a retryable ErrUnavailable", err)
 		}
 	})
 }

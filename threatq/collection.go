@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
 
 // Page sizes of CollectionIndicators.
@@ -49,7 +51,7 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 				yield(Indicator{}, fmt.Errorf("threatq: read collection %s: %w", hash, err))
 				return
 			}
-			var p CollectionPage
+			var p wire.CollectionPage
 			err := c.do(ctx, call{
 				method: http.MethodGet,
 				path:   path,
@@ -64,7 +66,7 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 				return
 			}
 			for _, in := range p.Data {
-				if !yield(in, nil) {
+				if !yield(Indicator(in), nil) {
 					return
 				}
 			}
@@ -102,11 +104,11 @@ func (c *Client) CollectionName(ctx context.Context, hash string) (string, error
 	}
 	// "data" is one object; a list of one is accepted too.
 	var one struct {
-		Name flexString `json:"name"`
+		Name wire.FlexString `json:"name"`
 	}
 	if err := json.Unmarshal(doc.Data, &one); err != nil {
 		var list []struct {
-			Name flexString `json:"name"`
+			Name wire.FlexString `json:"name"`
 		}
 		if err2 := json.Unmarshal(doc.Data, &list); err2 != nil || len(list) == 0 {
 			return "", fmt.Errorf("name of collection %s: %w: %w", hash, ErrUnexpectedResponse, err)

@@ -30,6 +30,7 @@ import (
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
 	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
 
 // DefaultAttributeSource is the source named on attributes written back.
@@ -284,7 +285,7 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 			StatusCode:      resp.StatusCode,
 			Method:          method,
 			Path:            path,
-			Messages:        c.mask(ParseErrorBody(b)),
+			Messages:        c.mask(wire.ParseErrorBody(b)),
 			RetryAfterDelay: httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 		return e
@@ -295,8 +296,8 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 	if out == nil {
 		return nil
 	}
-	if d, ok := out.(interface{ decodeRaw([]byte) error }); ok {
-		err = d.decodeRaw(b)
+	if d, ok := out.(rawDecoder); ok {
+		err = d.DecodeRaw(b)
 	} else {
 		err = json.Unmarshal(b, out)
 	}
@@ -305,6 +306,12 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 	}
 	return nil
 }
+
+// rawDecoder is a document that decodes itself without json.Unmarshal's
+// extra pass over the bytes: a collection page, the hot path.
+type rawDecoder interface{ DecodeRaw([]byte) error }
+
+var _ rawDecoder = (*wire.CollectionPage)(nil)
 
 // mask replaces any secret the client holds in server-provided text.
 func (c *Client) mask(msgs []string, extra ...string) []string {

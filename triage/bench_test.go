@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/triage"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 )
@@ -21,7 +20,7 @@ func BenchmarkCreateIndicator(b *testing.B) {
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 	c, err := triage.New(context.Background(), triage.Config{BaseURL: srv.URL,
-		ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret, Retry: retry.None})
+		ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -60,7 +59,7 @@ func BenchmarkFindIndicator(b *testing.B) {
 	srv := httptest.NewServer(sim)
 	defer srv.Close()
 	c, err := triage.New(context.Background(), triage.Config{BaseURL: srv.URL,
-		ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret, Retry: retry.None})
+		ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,16 +1,19 @@
 // Package triage is a client for the threat indicators of the Cofense Triage
 // public API v2: create, update, get, find by type and value, and list. It
 // owns the HTTP side of talking to Triage: OAuth2 client credentials with a
-// shared, renewed token; the JSON:API media type; bounded bodies; one error
-// type whose Kind says what a caller can do; and retries of what may succeed
-// later (server errors, transport errors, 429 with its Retry-After).
+// shared, renewed token; the JSON:API media type; bounded bodies; and one
+// error type whose Kind says what a caller can do, and whether trying again
+// may help (Retryable, with the server's Retry-After), in the terms
+// internal/retry reads.
+//
+// A call is one attempt, plus the one token renewal a 401 earns: it does not
+// retry. The caller does (the worker, with internal/retry), because it
+// counts attempts and must keep its job alive while it waits.
 //
 // It does not validate or map indicators (package mapping does), and it
 // decides nothing about jobs: a duplicate is ErrDuplicate, and what that
-// means for a run is the caller's business.
-//
-// The API is described in shared/API.md; the simulator in triagesim behaves
-// like it and is what the tests run against.
+// means for a run is the caller's business. The simulator in triagesim
+// behaves like the API and is what the tests run against.
 package triage
 
 import (
@@ -23,13 +26,11 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
-	"github.com/tqtriage/tqtriage/internal/retry"
 )
 
 // MediaType is JSON:API's media type, sent as Content-Type and Accept.
@@ -64,21 +65,13 @@ type Config struct {
 	// HTTP sets TLS verification, an extra CA file, timeouts and pooling;
 	// proxies come from the standard environment variables.
 	HTTP httpclient.Options
-	// Retry is the policy of every call (zero value: internal/retry's
-	// defaults). WithRetry gives a copy of the client with another one.
-	Retry retry.Policy
 	// MaxBodyBytes bounds a response body (default DefaultMaxBodyBytes).
 	MaxBodyBytes int64
 	// UserAgent is sent on every request (default DefaultUserAgent).
 	UserAgent string
-	// OnRetry, when set, is told about every failed attempt that will be
-	// tried again: the error, the attempt's number (1-based) and the wait.
-	// It runs on the calling goroutine.
-	OnRetry func(err error, attempt int, wait time.Duration)
 }
 
-// Client calls one Triage instance. It is safe for concurrent use; its
-// copies from WithRetry and WithOnRetry share its connections and token.
+// Client calls one Triage instance. It is safe for concurrent use.
 type Client struct {
 	base    *url.URL // scheme://host[:port] plus any path prefix, no trailing slash
 	api     string   // base + APIPath
@@ -87,8 +80,6 @@ type Client struct {
 	secret  string // only to scrub it from error texts
 	maxBody int64
 	agent   string
-	policy  retry.Policy
-	onRetry retry.Notify
 }
 
 // New checks cfg and returns a client. No request is made: the first call
@@ -120,8 +111,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		secret:  cfg.ClientSecret,
 		maxBody: cfg.MaxBodyBytes,
 		agent:   cfg.UserAgent,
-		policy:  cfg.Retry,
-		onRetry: cfg.OnRetry,
 	}
 	if c.maxBody <= 0 {
 		c.maxBody = DefaultMaxBodyBytes
@@ -160,23 +149,6 @@ func parseBaseURL(raw string) (*url.URL, error) {
 	u.Path = strings.TrimSuffix(strings.TrimRight(u.Path, "/"), APIPath)
 	u.RawPath = ""
 	return u, nil
-}
-
-// WithRetry returns a copy of c that calls with policy p (retry.None: one
-// attempt). The copy shares c's connections and token.
-func (c *Client) WithRetry(p retry.Policy) *Client {
-	cp := *c
-	cp.policy = p
-	return &cp
-}
-
-// WithOnRetry returns a copy of c that reports retries to f (see
-// Config.OnRetry), for instance to count one job's attempts. The copy is
-// cheap and shares c's connections and token.
-func (c *Client) WithOnRetry(f func(err error, attempt int, wait time.Duration)) *Client {
-	cp := *c
-	cp.onRetry = f
-	return &cp
 }
 
 // call is one API operation: what to send and where.
@@ -227,18 +199,10 @@ func (c *Client) newRequest(ctx context.Context, k call, token string) (*http.Re
 	return req, nil
 }
 
-// do runs k under the retry policy and decodes a success into out (when
-// not nil).
+// do makes one attempt at k and decodes a success into out (when not nil).
+// The attempt includes the one renewal of the token that a 401 earns: the
+// token may have expired or been revoked since it was issued.
 func (c *Client) do(ctx context.Context, k call, out any) error {
-	_, err := retry.Do(ctx, c.policy, func(ctx context.Context) error {
-		return c.attempt(ctx, k, out)
-	}, c.onRetry)
-	return err
-}
-
-// attempt is one try of k, including the one renewal of the token that a
-// 401 earns: the token may have expired or been revoked since it was issued.
-func (c *Client) attempt(ctx context.Context, k call, out any) error {
 	token, err := c.tokens.token(ctx)
 	if err != nil {
 		return c.tokenFailure(err)

@@ -22,6 +22,53 @@ import (
 // fast retries quickly so that tests of retrying take milliseconds.
 var fast = retry.Policy{MaxAttempts: 5, InitialInterval: time.Millisecond, MaxInterval: 5 * time.Millisecond}
 
+// viaRetry calls a client the way the worker does: each call inside
+// retry.Do(ctx, policy, op, notify). The client makes one attempt per call,
+// so the tests that count retries, or that no retry happens, go through
+// this: they prove that the client's errors carry what internal/retry reads
+// (Retryable, RetryAfter).
+type viaRetry struct {
+	c      *triage.Client
+	policy retry.Policy
+	notify retry.Notify
+}
+
+func (v viaRetry) run(ctx context.Context, op func(ctx context.Context) error) error {
+	_, err := retry.Do(ctx, v.policy, op, v.notify)
+	return err
+}
+
+func (v viaRetry) create(ctx context.Context, in triage.NewIndicator) error {
+	return v.run(ctx, func(ctx context.Context) error { _, err := v.c.CreateIndicator(ctx, in); return err })
+}
+
+func (v viaRetry) get(ctx context.Context, id string) error {
+	return v.run(ctx, func(ctx context.Context) error { _, err := v.c.GetIndicator(ctx, id); return err })
+}
+
+func (v viaRetry) update(ctx context.Context, id, level, source string) error {
+	return v.run(ctx, func(ctx context.Context) error { _, err := v.c.UpdateIndicator(ctx, id, level, source); return err })
+}
+
+func (v viaRetry) find(ctx context.Context, threatType, value string) error {
+	return v.run(ctx, func(ctx context.Context) error { _, err := v.c.FindIndicator(ctx, threatType, value); return err })
+}
+
+func (v viaRetry) ping(ctx context.Context) error { return v.run(ctx, v.c.Ping) }
+
+// list reads every page, and tries the whole listing again on a retryable
+// failure.
+func (v viaRetry) list(ctx context.Context, opts triage.ListOptions) error {
+	return v.run(ctx, func(ctx context.Context) error {
+		for _, err := range v.c.ListIndicators(ctx, opts) {
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // recorder sits in front of the simulator and keeps what each request
 // looked like, so tests can check what the client sent.
 type recorder struct {
@@ -70,7 +117,7 @@ type env struct {
 }
 
 // newEnv starts a simulator with opts and a client of it with cfg's
-// non-zero fields (retries default to fast).
+// non-zero fields.
 func newEnv(t testing.TB, opts triagesim.Options, cfg triage.Config) *env {
 	t.Helper()
 	sim := triagesim.New(opts)
@@ -84,15 +131,15 @@ func newEnv(t testing.TB, opts triagesim.Options, cfg triage.Config) *env {
 	if cfg.ClientSecret == "" {
 		cfg.ClientSecret = triagesim.DefaultClientSecret
 	}
-	if cfg.Retry == (retry.Policy{}) {
-		cfg.Retry = fast
-	}
 	c, err := triage.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &env{sim: sim, srv: srv, rec: rec, client: c}
 }
+
+// retried is the env's client called as the worker calls it, under fast.
+func (e *env) retried() viaRetry { return viaRetry{c: e.client, policy: fast} }
 
 func sha(n byte) string { return strings.Repeat(string("0123456789abcdef"[n%16]), 64) }
 
@@ -214,7 +261,7 @@ func TestCreateTwiceAnswersDuplicate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.client.CreateIndicator(ctx, newSHA(sha(2)))
+	err = e.retried().create(ctx, newSHA(sha(2)))
 	te := requireKind(t, err, triage.ErrDuplicate)
 	if te.StatusCode != 422 || te.Retryable() || errors.Is(err, triage.ErrValidation) {
 		t.Fatalf("duplicate error %+v", te)
@@ -230,7 +277,7 @@ func TestCreateTwiceAnswersDuplicate(t *testing.T) {
 
 func TestValidationErrorCarriesEveryMessage(t *testing.T) {
 	e := newEnv(t, triagesim.Options{}, triage.Config{})
-	_, err := e.client.CreateIndicator(context.Background(), triage.NewIndicator{ThreatLevel: "Evil", ThreatValue: "ab"})
+	err := e.retried().create(context.Background(), triage.NewIndicator{ThreatLevel: "Evil", ThreatValue: "ab"})
 	te := requireKind(t, err, triage.ErrValidation)
 	want := []string{
 		"threat_level - is not included in the list",
@@ -252,15 +299,13 @@ func TestValidationErrorCarriesEveryMessage(t *testing.T) {
 func TestUnknownIndicatorIsNotFound(t *testing.T) {
 	e := newEnv(t, triagesim.Options{}, triage.Config{})
 	ctx := context.Background()
-	_, err := e.client.GetIndicator(ctx, "4242")
+	err := e.retried().get(ctx, "4242")
 	te := requireKind(t, err, triage.ErrNotFound)
 	if len(te.Messages) != 1 || !strings.Contains(te.Messages[0], "The record identified by 4242 could not be found.") {
 		t.Fatalf("messages %q", te.Messages)
 	}
-	_, err = e.client.UpdateIndicator(ctx, "4242", "Benign", "")
-	requireKind(t, err, triage.ErrNotFound)
-	_, err = e.client.FindIndicator(ctx, "SHA256", sha(3))
-	requireKind(t, err, triage.ErrNotFound)
+	requireKind(t, e.retried().update(ctx, "4242", "Benign", ""), triage.ErrNotFound)
+	requireKind(t, e.retried().find(ctx, "SHA256", sha(3)), triage.ErrNotFound)
 	if _, err := e.client.GetIndicator(ctx, " "); err == nil {
 		t.Fatal("GetIndicator with a blank id must fail before any request")
 	}
@@ -327,10 +372,6 @@ func TestConcurrentFirstCallsShareOneToken(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	// Copies share the cache too.
-	if err := e.client.WithRetry(retry.None).Ping(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	if g := e.sim.Stats().TokenGrants; g != 1 {
 		t.Fatalf("%d token grants, want 1", g)
 	}
@@ -340,7 +381,7 @@ func TestTokenRefusedAfterRenewalIsUnauthorized(t *testing.T) {
 	// Tokens that are dead on arrival: the renewal cannot help, and the
 	// call ends after exactly one renewal, without retries.
 	e := newEnv(t, triagesim.Options{TokenLifetime: time.Nanosecond}, triage.Config{})
-	_, err := e.client.CreateIndicator(context.Background(), newSHA(sha(6)))
+	err := e.retried().create(context.Background(), newSHA(sha(6)))
 	te := requireKind(t, err, triage.ErrUnauthorized)
 	if te.Retryable() || te.StatusCode != 401 || !strings.Contains(err.Error(), "invalid_token: The access token expired") {
 		t.Fatalf("error %v", err)
@@ -354,7 +395,7 @@ func TestTokenRefusedAfterRenewalIsUnauthorized(t *testing.T) {
 func TestWrongSecretIsUnauthorizedWithoutTheSecret(t *testing.T) {
 	const secret = "s3cr3t-that-must-not-leak"
 	e := newEnv(t, triagesim.Options{}, triage.Config{ClientSecret: secret})
-	_, err := e.client.CreateIndicator(context.Background(), newSHA(sha(7)))
+	err := e.retried().create(context.Background(), newSHA(sha(7)))
 	te := requireKind(t, err, triage.ErrUnauthorized)
 	if te.Path != triage.TokenPath || te.StatusCode != 401 || !strings.Contains(err.Error(), "invalid_client") {
 		t.Fatalf("error %v", err)
@@ -379,13 +420,13 @@ func TestRateLimitWaitsRetryAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	var waits []time.Duration
-	c := e.client.WithOnRetry(func(err error, _ int, wait time.Duration) {
+	c := viaRetry{c: e.client, policy: fast, notify: func(err error, _ int, wait time.Duration) {
 		if errors.Is(err, triage.ErrRateLimited) {
 			waits = append(waits, wait)
 		}
-	})
+	}}
 	start := time.Now()
-	if _, err := c.CreateIndicator(ctx, newSHA(sha(9))); err != nil {
+	if err := c.create(ctx, newSHA(sha(9))); err != nil {
 		t.Fatalf("create under the rate limit: %v", err)
 	}
 	elapsed := time.Since(start)
@@ -404,13 +445,13 @@ func TestRateLimitedWithoutRetryAfterBacksOff(t *testing.T) {
 	e := newEnv(t, triagesim.Options{}, triage.Config{})
 	e.sim.FailNext(2, http.StatusTooManyRequests) // a 429 with no Retry-After
 	attempts := 0
-	c := e.client.WithOnRetry(func(err error, attempt int, _ time.Duration) {
+	c := viaRetry{c: e.client, policy: fast, notify: func(err error, attempt int, _ time.Duration) {
 		if !errors.Is(err, triage.ErrRateLimited) {
 			t.Errorf("retried %v", err)
 		}
 		attempts = attempt
-	})
-	if _, err := c.CreateIndicator(context.Background(), newSHA(sha(10))); err != nil {
+	}}
+	if err := c.create(context.Background(), newSHA(sha(10))); err != nil {
 		t.Fatal(err)
 	}
 	if attempts != 2 {
@@ -428,7 +469,7 @@ func TestRetryAfterBeyondPolicyIsHandedBack(t *testing.T) {
 	p := fast
 	p.MaxRetryAfter = time.Second
 	start := time.Now()
-	_, err := e.client.WithRetry(p).CreateIndicator(context.Background(), newSHA(sha(11)))
+	err := viaRetry{c: e.client, policy: p}.create(context.Background(), newSHA(sha(11)))
 	te := requireKind(t, err, triage.ErrRateLimited)
 	if te.RetryAfter() != 30*time.Second || time.Since(start) > 5*time.Second {
 		t.Fatalf("error %v after %v: want the 30s Retry-After handed back at once", err, time.Since(start))
@@ -442,13 +483,13 @@ func TestServerErrorBurstIsRetriedPast(t *testing.T) {
 	e := newEnv(t, triagesim.Options{}, triage.Config{})
 	e.sim.FailNext(3, http.StatusBadGateway)
 	var notes []int
-	c := e.client.WithOnRetry(func(err error, attempt int, _ time.Duration) {
+	c := viaRetry{c: e.client, policy: fast, notify: func(err error, attempt int, _ time.Duration) {
 		if !errors.Is(err, triage.ErrServer) {
 			t.Errorf("retried %v", err)
 		}
 		notes = append(notes, attempt)
-	})
-	if _, err := c.CreateIndicator(context.Background(), newSHA(sha(12))); err != nil {
+	}}
+	if err := c.create(context.Background(), newSHA(sha(12))); err != nil {
 		t.Fatal(err)
 	}
 	if len(notes) != 3 {
@@ -460,9 +501,9 @@ func TestServerErrorBurstIsRetriedPast(t *testing.T) {
 }
 
 func TestRetriesEndAtMaxAttempts(t *testing.T) {
-	e := newEnv(t, triagesim.Options{}, triage.Config{Retry: retry.Policy{MaxAttempts: 3, InitialInterval: time.Millisecond}})
+	e := newEnv(t, triagesim.Options{}, triage.Config{})
 	e.sim.FailNext(100, http.StatusInternalServerError)
-	_, err := e.client.CreateIndicator(context.Background(), newSHA(sha(13)))
+	err := viaRetry{c: e.client, policy: retry.Policy{MaxAttempts: 3, InitialInterval: time.Millisecond}}.create(context.Background(), newSHA(sha(13)))
 	te := requireKind(t, err, triage.ErrServer)
 	if !te.Retryable() || te.StatusCode != 500 {
 		t.Fatalf("error %+v", te)
@@ -474,9 +515,7 @@ func TestRetriesEndAtMaxAttempts(t *testing.T) {
 
 func TestPermanentClientErrorIsNotRetried(t *testing.T) {
 	e := newEnv(t, triagesim.Options{}, triage.Config{})
-	var err error
-	for _, err = range e.client.ListIndicators(context.Background(), triage.ListOptions{Filters: map[string]string{"bogus": "x"}}) {
-	}
+	err := e.retried().list(context.Background(), triage.ListOptions{Filters: map[string]string{"bogus": "x"}})
 	te := requireKind(t, err, triage.ErrClient)
 	if te.StatusCode != 400 || te.Retryable() || !strings.Contains(err.Error(), "Filter not allowed") {
 		t.Fatalf("error %v", err)
@@ -487,9 +526,8 @@ func TestPermanentClientErrorIsNotRetried(t *testing.T) {
 }
 
 func TestContextEndStopsRetries(t *testing.T) {
-	e := newEnv(t, triagesim.Options{}, triage.Config{
-		Retry: retry.Policy{MaxAttempts: 1000, InitialInterval: 20 * time.Millisecond, MaxInterval: 20 * time.Millisecond},
-	})
+	e := newEnv(t, triagesim.Options{}, triage.Config{})
+	c := viaRetry{c: e.client, policy: retry.Policy{MaxAttempts: 1000, InitialInterval: 20 * time.Millisecond, MaxInterval: 20 * time.Millisecond}}
 	if err := e.client.Ping(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +535,7 @@ func TestContextEndStopsRetries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := e.client.CreateIndicator(ctx, newSHA(sha(14)))
+	err := c.create(ctx, newSHA(sha(14)))
 	// The deadline lands in a backoff wait (the error joins the last 503)
 	// or in a request (a transport error): either way it is in the chain.
 	if !errors.Is(err, context.DeadlineExceeded) || retry.IsRetryable(err) {
@@ -515,7 +553,7 @@ func TestContextEndStopsRetries(t *testing.T) {
 
 	cancelled, cancelNow := context.WithCancel(context.Background())
 	cancelNow()
-	_, err = e.client.GetIndicator(cancelled, "1")
+	err = c.get(cancelled, "1")
 	if !errors.Is(err, context.Canceled) || retry.IsRetryable(err) {
 		t.Fatalf("cancelled call: %v", err)
 	}

@@ -1,8 +1,6 @@
 package triage
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/triage/internal/wire"
 )
 
 // Kind says what went wrong with a call, in terms a caller can act on.
@@ -28,7 +27,7 @@ const (
 	KindUnauthorized      // 401 after one fresh token, or the token endpoint refused the credentials
 	KindRateLimited       // 429, with RetryAfterDelay when the server sent Retry-After
 	KindServer            // 5xx
-	KindTransport         // no answer: connection refused or reset, timeout, TLS failure
+	KindTransport         // no answer: connection refused or reset, timeout, TLS failure (retryable as httpclient.TransportRetryable says)
 	KindClient            // any other 4xx: permanent
 	KindBadResponse       // a status or body the client cannot use (a redirect, undecodable or oversized JSON)
 )
@@ -136,21 +135,9 @@ func (e *Error) Retryable() bool {
 	case KindRateLimited, KindServer:
 		return true
 	case KindTransport:
-		return !untrusted(e.Err)
+		return httpclient.TransportRetryable(e.Err)
 	}
 	return false
-}
-
-// untrusted reports a certificate that failed verification: a transport
-// failure that no retry fixes.
-func untrusted(err error) bool {
-	var (
-		verify   *tls.CertificateVerificationError
-		unknown  x509.UnknownAuthorityError
-		hostname x509.HostnameError
-		invalid  x509.CertificateInvalidError
-	)
-	return errors.As(err, &verify) || errors.As(err, &unknown) || errors.As(err, &hostname) || errors.As(err, &invalid)
 }
 
 // RetryAfter is the server's requested delay (0 when none), read by
@@ -213,40 +200,8 @@ func CheckResponse(resp *http.Response, body []byte, method, path string) error 
 	return e
 }
 
-// errorBody covers both error shapes seen from Triage: JSON:API
-// (jsonapi-resources) errors and Doorkeeper's OAuth errors.
-type errorBody struct {
-	Errors           []ErrorObject `json:"errors"`
-	Error            string        `json:"error"`
-	ErrorDescription string        `json:"error_description"`
-}
-
-// ErrorObject is one JSON:API error object as jsonapi-resources writes it.
-type ErrorObject struct {
-	Title  string `json:"title"`
-	Detail string `json:"detail"`
-	Code   string `json:"code"`
-	Status string `json:"status"`
-	Source struct {
-		Pointer string `json:"pointer"`
-	} `json:"source"`
-}
-
-// Message is the object's text for a person: its detail ("threat_value -
-// can't be blank"), led by its title when the detail does not repeat it.
-func (o ErrorObject) Message() string {
-	switch {
-	case o.Detail == "":
-		return o.Title
-	case o.Title == "" || strings.Contains(o.Detail, o.Title):
-		return o.Detail
-	default:
-		return o.Title + ": " + o.Detail
-	}
-}
-
 func errorMessages(body []byte) []string {
-	var eb errorBody
+	var eb wire.ErrorBody
 	if len(body) == 0 || json.Unmarshal(body, &eb) != nil {
 		return nil
 	}

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tqtriage/tqtriage/internal/fixture"
 )
 
 func response(code int, header ...string) *http.Response {
@@ -17,15 +17,6 @@ func response(code int, header ...string) *http.Response {
 		r.Header.Set(header[i], header[i+1])
 	}
 	return r
-}
-
-func fixture(t *testing.T, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "fixtures", name))
-	if err != nil {
-		t.Fatalf("fixture %s: %v (the fixtures live in triage/testdata/fixtures)", name, err)
-	}
-	return b
 }
 
 func TestCheckResponseKinds(t *testing.T) {
@@ -45,9 +36,9 @@ func TestCheckResponseKinds(t *testing.T) {
 		{"duplicate by title", response(422), dup, KindDuplicate, ErrDuplicate, false, 0, "threat_value - has already been taken"},
 		{"duplicate by detail only", response(422), `{"errors":[{"detail":"threat_key - Has already been taken"}]}`, KindDuplicate, ErrDuplicate, false, 0, "threat_key - Has already been taken"},
 		{"duplicate among others", response(422), `{"errors":[{"title":"is invalid","detail":"threat_level - is invalid"},{"title":"has already been taken"}]}`, KindDuplicate, ErrDuplicate, false, 0, "threat_level - is invalid|has already been taken"},
-		{"validation fixture", response(422), string(fixture(t, "xsoar_v3_test_422_error.json")), KindValidation, ErrValidation, false, 0, "threat_key - can't be blank|threat_value - can't be blank"},
+		{"validation fixture", response(422), string(fixture.Read(t, "triage", "xsoar_v3_test_422_error.json")), KindValidation, ErrValidation, false, 0, "threat_key - can't be blank|threat_value - can't be blank"},
 		{"validation without body", response(422), "", KindValidation, ErrValidation, false, 0, ""},
-		{"not found fixture", response(404), string(fixture(t, "xsoar_v3_test_404_error.json")), KindNotFound, ErrNotFound, false, 0, "The record identified by -1 could not be found."},
+		{"not found fixture", response(404), string(fixture.Read(t, "triage", "xsoar_v3_test_404_error.json")), KindNotFound, ErrNotFound, false, 0, "The record identified by -1 could not be found."},
 		{"not found titled", response(404), `{"errors":[{"title":"Record not found","detail":"The record identified by 5 could not be found.","code":"404","status":"404"}]}`, KindNotFound, ErrNotFound, false, 0, "Record not found: The record identified by 5 could not be found."},
 		{"unauthorized", response(401, "WWW-Authenticate", `Bearer realm="Doorkeeper", error="invalid_token", error_description="The access token expired"`), "", KindUnauthorized, ErrUnauthorized, false, 0, "invalid_token: The access token expired"},
 		{"oauth error body", response(401), `{"error":"invalid_client","error_description":"Client authentication failed"}`, KindUnauthorized, ErrUnauthorized, false, 0, "invalid_client: Client authentication failed"},
@@ -94,7 +85,7 @@ func TestCheckResponseKinds(t *testing.T) {
 }
 
 func TestErrorText(t *testing.T) {
-	err := CheckResponse(response(422), fixture(t, "xsoar_v3_test_422_error.json"), "POST", "/threat_indicators")
+	err := CheckResponse(response(422), fixture.Read(t, "triage", "xsoar_v3_test_422_error.json"), "POST", "/threat_indicators")
 	want := "triage: POST /threat_indicators: 422 validation: threat_key - can't be blank; threat_value - can't be blank"
 	if err.Error() != want {
 		t.Fatalf("text %q\nwant %q", err, want)
@@ -126,25 +117,6 @@ func TestErrorMessagesAreBounded(t *testing.T) {
 	for _, m := range e.Messages {
 		if len(m) > maxMessageLen+len("…") || !strings.HasSuffix(m, "…") && !strings.HasPrefix(m, "and ") {
 			t.Fatalf("message of %d bytes: %q", len(m), m)
-		}
-	}
-}
-
-func TestResourceIndicator(t *testing.T) {
-	r := Resource{ID: "7", Type: ResourceType, Attributes: Attributes{
-		ThreatLevel: "Benign", CreatedAt: "2021-05-14T07:24:48.886Z", UpdatedAt: "",
-	}}
-	in, err := r.Indicator()
-	if err != nil || in.CreatedAt != time.Date(2021, 5, 14, 7, 24, 48, 886e6, time.UTC) || !in.UpdatedAt.IsZero() {
-		t.Fatalf("Indicator = %+v, %v", in, err)
-	}
-	for _, bad := range []Resource{
-		{ID: "7", Type: "reports"},
-		{Type: ResourceType},
-		{ID: "7", Type: ResourceType, Attributes: Attributes{UpdatedAt: "yesterday"}},
-	} {
-		if _, err := bad.Indicator(); err == nil {
-			t.Errorf("%+v: want an error", bad)
 		}
 	}
 }

@@ -4,24 +4,17 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/tqtriage/tqtriage/internal/fixture"
 	"github.com/tqtriage/tqtriage/triage"
 )
 
 // TestClientReadsRecordedBodies serves the public fixtures, byte for byte,
 // and reads them through the whole client: token grant, create, get, list.
 func TestClientReadsRecordedBodies(t *testing.T) {
-	read := func(name string) []byte {
-		b, err := os.ReadFile(filepath.Join("testdata", "fixtures", name))
-		if err != nil {
-			t.Fatalf("fixture %s: %v", name, err)
-		}
-		return b
-	}
+	read := func(name string) []byte { return fixture.Read(t, "triage", name) }
 	serve := func(status int, ct string, body []byte) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", ct)
@@ -38,7 +31,7 @@ func TestClientReadsRecordedBodies(t *testing.T) {
 	mux.Handle("GET /api/public/v2/threat_indicators/-1", serve(404, triage.MediaType, read("xsoar_v3_test_404_error.json")))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
-	c, err := triage.New(context.Background(), triage.Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret", Retry: fast})
+	c, err := triage.New(context.Background(), triage.Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret"})
 	if err != nil {
 		t.Fatal(err)
 	}

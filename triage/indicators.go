@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tqtriage/tqtriage/triage/internal/wire"
 )
 
 // Indicator is a Triage threat indicator.
@@ -41,11 +43,11 @@ const MaxPageSize = 200
 // CreateIndicator creates an indicator. An indicator of the same type and
 // value that exists already is ErrDuplicate: look it up with FindIndicator.
 //
-// A create that fails in transit is retried (under the client's policy), so
-// a create that did reach Triage may come back as ErrDuplicate.
+// A create that failed in transit may have reached Triage all the same: a
+// caller that tries it again may be answered ErrDuplicate.
 func (c *Client) CreateIndicator(ctx context.Context, in NewIndicator) (*Indicator, error) {
 	k, err := c.newCall(http.MethodPost, indicatorsPath, nil, requestDocument{Data: requestResource{
-		Type: ResourceType,
+		Type: wire.ResourceType,
 		Attributes: requestAttributes{
 			ThreatLevel:  in.ThreatLevel,
 			ThreatType:   in.ThreatType,
@@ -69,7 +71,7 @@ func (c *Client) UpdateIndicator(ctx context.Context, id, level, source string) 
 	}
 	k, err := c.newCall(http.MethodPut, path, nil, requestDocument{Data: requestResource{
 		ID:         id,
-		Type:       ResourceType,
+		Type:       wire.ResourceType,
 		Attributes: requestAttributes{ThreatLevel: level, ThreatSource: source},
 	}})
 	if err != nil {
@@ -100,11 +102,11 @@ func indicatorPath(id string) (string, error) {
 
 // indicator runs a call answered by one threat indicator document.
 func (c *Client) indicator(ctx context.Context, k call) (*Indicator, error) {
-	var doc Document
+	var doc wire.Document
 	if err := c.do(ctx, k, &doc); err != nil {
 		return nil, err
 	}
-	in, err := doc.Data.Indicator()
+	in, err := indicatorOf(doc.Data)
 	if err != nil {
 		return nil, &Error{Kind: KindBadResponse, Method: k.method, Path: k.path, Err: err}
 	}
@@ -198,8 +200,8 @@ func (o ListOptions) query() (url.Values, error) {
 const TimeFormat = "2006-01-02T15:04:05.000Z"
 
 // ListIndicators yields the indicators opts select, page by page, following
-// the links.next of each page until a page has none. Each page is one call
-// under the retry policy. A failure is yielded once, with a nil indicator,
+// the links.next of each page until a page has none. Each page is one call,
+// not retried. A failure is yielded once, with a nil indicator,
 // and ends the sequence. A next link to another host than the base URL is
 // not followed (it would carry the token there): it ends the sequence with
 // a KindBadResponse error.
@@ -216,13 +218,13 @@ func (c *Client) ListIndicators(ctx context.Context, opts ListOptions) iter.Seq2
 			return
 		}
 		for {
-			var page ListDocument
+			var page wire.ListDocument
 			if err := c.do(ctx, k, &page); err != nil {
 				yield(nil, err)
 				return
 			}
 			for _, r := range page.Data {
-				in, err := r.Indicator()
+				in, err := indicatorOf(r)
 				if err != nil {
 					yield(nil, &Error{Kind: KindBadResponse, Method: k.method, Path: k.path, Err: err})
 					return

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 )
 
-// tokenCache holds the one access token a Client (and its copies) uses.
+// tokenCache holds the one access token a Client uses.
 //
 // The x/oauth2 ReuseTokenSource cannot be told to forget a token that the
 // API refused, and it fetches under a mutex that a request's context cannot
@@ -38,7 +38,8 @@ const refreshMargin = 10 * time.Second
 
 func newTokenCache(ctx context.Context, conf *clientcredentials.Config, hc *http.Client) *tokenCache {
 	// WithoutCancel: the caller's context may be short; the grant's must not
-	// be (NATS.md). Values stay, the HTTP client for token calls among them.
+	// be, since callers share it. Values stay, the HTTP client for token
+	// calls among them.
 	ctx = context.WithValue(context.WithoutCancel(ctx), oauth2.HTTPClient, hc)
 	return &tokenCache{conf: conf, ctx: ctx, now: time.Now}
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 )
 
@@ -45,7 +44,7 @@ func TestTokenIsRenewedBeforeItExpires(t *testing.T) {
 			srv := httptest.NewServer(sim)
 			defer srv.Close()
 			c, err := New(context.Background(), Config{BaseURL: srv.URL, ClientID: triagesim.DefaultClientID,
-				ClientSecret: triagesim.DefaultClientSecret, Retry: retry.None})
+				ClientSecret: triagesim.DefaultClientSecret})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,7 +87,7 @@ func TestTokenWaitEndsWithTheCallersContext(t *testing.T) {
 	defer srv.Close()
 	defer close(release)
 	c, err := New(context.Background(), Config{BaseURL: srv.URL, ClientID: triagesim.DefaultClientID,
-		ClientSecret: triagesim.DefaultClientSecret, Retry: retry.None})
+		ClientSecret: triagesim.DefaultClientSecret})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +121,7 @@ func TestTokenFailureKinds(t *testing.T) {
 			w.WriteHeader(tc.status)
 			_, _ = w.Write([]byte(tc.body))
 		}))
-		c, err := New(context.Background(), Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret", Retry: retry.None})
+		c, err := New(context.Background(), Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -40,9 +40,6 @@ func newClient(t *testing.T, cfg triage.Config) *triage.Client {
 	if cfg.ClientID == "" {
 		cfg.ClientID, cfg.ClientSecret = triagesim.DefaultClientID, triagesim.DefaultClientSecret
 	}
-	if cfg.Retry == (retry.Policy{}) {
-		cfg.Retry = fast
-	}
 	c, err := triage.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -69,8 +66,8 @@ func TestTLSWithCustomCAFile(t *testing.T) {
 	// Verification is on by default: the test CA is in no system pool. The
 	// failure is at the token request, and it is not retried.
 	retries := 0
-	strict := newClient(t, triage.Config{BaseURL: srv.URL, OnRetry: func(error, int, time.Duration) { retries++ }})
-	err = strict.Ping(context.Background())
+	strict := newClient(t, triage.Config{BaseURL: srv.URL})
+	err = viaRetry{c: strict, policy: fast, notify: func(error, int, time.Duration) { retries++ }}.ping(context.Background())
 	te := requireKind(t, err, triage.ErrTransport)
 	var unknownCA x509.UnknownAuthorityError
 	var verify *tls.CertificateVerificationError
@@ -99,7 +96,7 @@ func TestOversizedResponseIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newClient(t, triage.Config{BaseURL: srv.URL, MaxBodyBytes: 1024})
-	_, err := c.GetIndicator(context.Background(), "1")
+	err := viaRetry{c: c, policy: fast}.get(context.Background(), "1")
 	te := requireKind(t, err, triage.ErrBadResponse)
 	if !errors.Is(err, httpclient.ErrBodyTooLarge) || te.Retryable() {
 		t.Fatalf("error %v: want a permanent ErrBodyTooLarge", err)
@@ -165,7 +162,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 	_, err = c.GetIndicator(ctx, "999")
 	collect(err) // not found
 	sim.FailNext(10, http.StatusServiceUnavailable)
-	collect(c.WithRetry(retry.Policy{MaxAttempts: 2, InitialInterval: 1}).Ping(ctx)) // server
+	collect(viaRetry{c: c, policy: retry.Policy{MaxAttempts: 2, InitialInterval: 1}}.ping(ctx)) // server
 	sim.FailNext(0, 0)
 	sim.SetTokenLifetime(1)
 	sim.ExpireTokens()
@@ -201,7 +198,7 @@ func TestSecretsNeverInErrors(t *testing.T) {
 	// No server at all.
 	gone := httptest.NewServer(http.NotFoundHandler())
 	gone.Close()
-	collect(newClient(t, triage.Config{BaseURL: gone.URL, ClientID: "id", ClientSecret: secret, Retry: retry.None}).Ping(ctx))
+	collect(newClient(t, triage.Config{BaseURL: gone.URL, ClientID: "id", ClientSecret: secret}).Ping(ctx))
 
 	forbidden := append(rec.tokens(), secret, "tok-"+secret+"-echoed")
 	if len(rec.tokens()) == 0 {
@@ -225,7 +222,8 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // TestHTTPWrapSeesEveryRequest: the transport hook of httpclient (a shared
-// rate limit, metrics) sees the token request, the API calls and retries.
+// rate limit, metrics) sees the token request, the API calls and the
+// caller's retries of them.
 func TestHTTPWrapSeesEveryRequest(t *testing.T) {
 	sim := triagesim.New(triagesim.Options{})
 	srv := httptest.NewServer(sim)
@@ -242,11 +240,66 @@ func TestHTTPWrapSeesEveryRequest(t *testing.T) {
 	}
 	c := newClient(t, triage.Config{BaseURL: srv.URL, HTTP: httpclient.Options{Wrap: wrap}})
 	sim.FailNext(1, http.StatusServiceUnavailable)
-	if _, err := c.CreateIndicator(context.Background(), newSHA(sha(4))); err != nil {
+	if err := (viaRetry{c: c, policy: fast}).create(context.Background(), newSHA(sha(4))); err != nil {
 		t.Fatal(err)
 	}
 	want := "[POST /oauth/token POST /api/public/v2/threat_indicators POST /api/public/v2/threat_indicators]"
 	if got := fmt.Sprint(seen); got != want {
 		t.Fatalf("wrapped transport saw %s, want %s", got, want)
+	}
+}
+
+// TestTransportFailuresFollowTheSharedRule: what the client makes of a
+// failure to get an answer is httpclient.TransportRetryable's verdict.
+func TestTransportFailuresFollowTheSharedRule(t *testing.T) {
+	sim := triagesim.New(triagesim.Options{})
+	srv := httptest.NewUnstartedServer(sim)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the TLS hello on a plain port is expected
+	srv.Start()
+	t.Cleanup(srv.Close)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close()
+	slowly := func(t *testing.T, c *triage.Client) *triage.Client {
+		if err := c.Ping(context.Background()); err != nil { // the token, before the latency
+			t.Fatal(err)
+		}
+		sim.SetLatency(time.Second, 0)
+		t.Cleanup(func() { sim.SetLatency(0, 0) })
+		return c
+	}
+	cases := []struct {
+		name      string
+		client    func(t *testing.T) *triage.Client
+		timeout   time.Duration // of the caller's context, when set
+		retryable bool
+	}{
+		{"no server", func(t *testing.T) *triage.Client {
+			return newClient(t, triage.Config{BaseURL: gone.URL})
+		}, 0, true},
+		{"https to a plain HTTP port", func(t *testing.T) *triage.Client {
+			return newClient(t, triage.Config{BaseURL: "https://" + srv.Listener.Addr().String()})
+		}, 0, false},
+		{"the client's own timeout", func(t *testing.T) *triage.Client {
+			return slowly(t, newClient(t, triage.Config{BaseURL: srv.URL, HTTP: httpclient.Options{Timeout: 50 * time.Millisecond}}))
+		}, 0, true},
+		{"the caller's deadline", func(t *testing.T) *triage.Client {
+			return slowly(t, newClient(t, triage.Config{BaseURL: srv.URL}))
+		}, 50 * time.Millisecond, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.client(t)
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			_, err := c.GetIndicator(ctx, "1")
+			te := requireKind(t, err, triage.ErrTransport)
+			if te.Retryable() != tc.retryable || te.Retryable() != httpclient.TransportRetryable(te.Err) {
+				t.Fatalf("error %v: retryable %v, want %v", err, te.Retryable(), tc.retryable)
+			}
+		})
 	}
 }

@@ -1,7 +1,9 @@
 // Package httpclient builds the HTTP clients that talk to Triage and ThreatQ:
 // certificate verification on unless turned off, an extra CA bundle, proxies
 // from the standard environment variables, timeouts, enough idle connections
-// for a worker's concurrency, and bounded reads of response bodies.
+// for a worker's concurrency, and bounded reads of response bodies. It
+// also holds the one rule, shared by both clients, of which failures to get
+// an answer are worth another try (TransportRetryable).
 package httpclient
 
 import (

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+
+	"github.com/tqtriage/tqtriage/internal/httpclient"
 )
 
 // Policy bounds the retries of one operation. The zero value is usable and
@@ -54,9 +56,11 @@ func (p Policy) withDefaults() Policy {
 
 // IsRetryable reports whether err, or an error it wraps, says that the same
 // request may succeed later (a Retryable() bool method that returns true).
-// Context cancellation is never retryable.
+// The caller's own context ending is never retryable; a client's timeout,
+// which also matches context.DeadlineExceeded, is not the caller's and is
+// left to the error to judge (httpclient.CallerEnded tells them apart).
 func IsRetryable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || httpclient.CallerEnded(err) {
 		return false
 	}
 	var r interface{ Retryable() bool }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 )
@@ -98,6 +100,39 @@ func TestDoEndsWithContext(t *testing.T) {
 	var te testErr
 	if !errors.As(err, &te) {
 		t.Fatalf("err = %v, want the last real error kept too", err)
+	}
+}
+
+// cause is a retryable error around a cause, as the clients' errors are.
+type cause struct{ err error }
+
+func (c cause) Error() string   { return "call failed: " + c.err.Error() }
+func (c cause) Unwrap() error   { return c.err }
+func (c cause) Retryable() bool { return true }
+
+func TestIsRetryableRefusesOnlyTheCallersContext(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	defer srv.Close()
+	_, timeout := (&http.Client{Timeout: 20 * time.Millisecond}).Get(srv.URL)
+	if !errors.Is(timeout, context.DeadlineExceeded) {
+		t.Fatalf("client timeout %v: this test wants one that matches context.DeadlineExceeded", timeout)
+	}
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"the client's own timeout", cause{timeout}, true},
+		{"the caller's deadline", cause{fmt.Errorf("create: %w", context.DeadlineExceeded)}, false},
+		{"the caller's cancellation", cause{context.Canceled}, false},
+		{"the last error joined with the caller's deadline", errors.Join(cause{errors.New("503")}, context.DeadlineExceeded), false},
+		{"an error that does not say", errors.New("boom"), false},
+		{"nil", nil, false},
+	}
+	for _, tc := range cases {
+		if got := IsRetryable(tc.err); got != tc.want {
+			t.Errorf("%s: IsRetryable(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
 	}
 }
 

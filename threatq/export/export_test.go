@@ -5,15 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
+	"github.com/tqtriage/tqtriage/internal/fixture"
 	"github.com/tqtriage/tqtriage/threatq"
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
 
 // readAll reads r to its end: the indicators, the line numbers of bad
@@ -275,13 +275,14 @@ func TestReadErrorsAreFatal(t *testing.T) {
 func TestExportOfTheAPIFixturePage(t *testing.T) {
 	// A JSON-lines export made of the fixture page's indicators, one per
 	// line, as an export job writes them.
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "fixtures", "elastic_data_collection_page1.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var page threatq.CollectionPage
+	b := fixture.Read(t, "threatq", "elastic_data_collection_page1.json")
+	var page wire.CollectionPage // as the client reads the page
 	if err := page.UnmarshalJSON(b); err != nil {
 		t.Fatal(err)
+	}
+	want := make([]threatq.Indicator, len(page.Data))
+	for i, in := range page.Data {
+		want[i] = threatq.Indicator(in)
 	}
 	var lines bytes.Buffer
 	raw := rawIndicators(t, b)
@@ -290,8 +291,8 @@ func TestExportOfTheAPIFixturePage(t *testing.T) {
 		lines.WriteByte('\n')
 	}
 	got, bad, fatal := readAll(t, &lines)
-	if fatal != nil || len(bad) != 0 || !equal(got, page.Data) {
-		t.Fatalf("got %+v, bad %v, fatal %v; want %+v", got, bad, fatal, page.Data)
+	if fatal != nil || len(bad) != 0 || !equal(got, want) {
+		t.Fatalf("got %+v, bad %v, fatal %v; want %+v", got, bad, fatal, want)
 	}
 }
 

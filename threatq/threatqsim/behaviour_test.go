@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tqtriage/tqtriage/threatq"
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 )
 
@@ -46,7 +46,7 @@ func TestTokenGrants(t *testing.T) {
 				t.Fatalf("status %d %s, want %d", a.status, a.body, tc.status)
 			}
 			if tc.status != 200 {
-				if msgs := threatq.ParseErrorBody(a.body); len(msgs) == 0 || !strings.HasPrefix(msgs[0], tc.wantMessage) {
+				if msgs := wire.ParseErrorBody(a.body); len(msgs) == 0 || !strings.HasPrefix(msgs[0], tc.wantMessage) {
 					t.Fatalf("messages %q, want %s", msgs, tc.wantMessage)
 				}
 				if sim.Counts().TokensIssued != 0 {
@@ -54,7 +54,7 @@ func TestTokenGrants(t *testing.T) {
 				}
 				return
 			}
-			var tr threatq.TokenResponse
+			var tr wire.TokenResponse
 			if err := json.Unmarshal(a.body, &tr); err != nil || tr.AccessToken == "" || tr.RefreshToken == "" {
 				t.Fatalf("token %s: %v", a.body, err)
 			}
@@ -146,7 +146,7 @@ func TestCursorPaging(t *testing.T) {
 	cursor := "*"
 	for range 10 {
 		a := c.api(http.MethodGet, "/api/indicators/query/hash/h?sort=updated_at&limit=100&cursorMark="+url.QueryEscape(cursor), "")
-		var p threatq.CollectionPage
+		var p wire.CollectionPage
 		if err := json.Unmarshal(a.body, &p); err != nil || a.status != 200 {
 			t.Fatalf("%d %s: %v", a.status, a.body, err)
 		}
@@ -200,7 +200,7 @@ func TestAttributeCalls(t *testing.T) {
 	}
 	// An array, with sources.
 	a := c.api(http.MethodPost, path, `[{"name":"ID","value":"325","sources":[{"name":"Cofense Triage"}]},{"name":"Threat Source","value":"ThreatQ","sources":[{"name":"Cofense Triage"}]}]`)
-	var added threatq.AttributeList
+	var added wire.AttributeList
 	if err := json.Unmarshal(a.body, &added); err != nil || a.status != http.StatusCreated || added.Total != 2 || len(added.Data) != 2 {
 		t.Fatalf("add array: %d %s", a.status, a.body)
 	}
@@ -234,7 +234,7 @@ func TestAttributeCalls(t *testing.T) {
 	}
 	// Validation of arrays names the element.
 	a = c.api(http.MethodPost, path, `[{"name":"A","value":"1"},{"value":"2"}]`)
-	if msgs := threatq.ParseErrorBody(a.body); a.status != 422 || !slices.Equal(msgs, []string{"1.name: The name field is required."}) {
+	if msgs := wire.ParseErrorBody(a.body); a.status != 422 || !slices.Equal(msgs, []string{"1.name: The name field is required."}) {
 		t.Fatalf("%d %q", a.status, msgs)
 	}
 	if len(sim.Attributes(id)) != 2 {
@@ -319,7 +319,7 @@ func TestGeneratedCollection(t *testing.T) {
 			t.Fatal("too many pages")
 		}
 		a := c.api(http.MethodGet, "/api/indicators/query/hash/big?limit=500&cursorMark="+url.QueryEscape(cursor), "")
-		var p threatq.CollectionPage
+		var p wire.CollectionPage
 		if err := json.Unmarshal(a.body, &p); err != nil {
 			t.Fatal(err)
 		}

@@ -8,28 +8,18 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tqtriage/tqtriage/threatq"
+	"github.com/tqtriage/tqtriage/internal/fixture"
+	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
 )
 
 // --- plumbing --------------------------------------------------------------
-
-func fixture(t *testing.T, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "fixtures", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
 // rawClient speaks to the sim with plain HTTP, so that these tests see the
 // documents exactly as sent.
@@ -118,14 +108,14 @@ func (c *rawClient) tokenRequest(query, contentType, body string, basic *[2]stri
 }
 
 // login gets a token with the default client credentials.
-func (c *rawClient) login() threatq.TokenResponse {
+func (c *rawClient) login() wire.TokenResponse {
 	c.t.Helper()
 	a := c.tokenRequest("grant_type=client_credentials", "application/x-www-form-urlencoded",
 		"grant_type=client_credentials", &[2]string{threatqsim.DefaultClientID, threatqsim.DefaultClientSecret})
 	if a.status != http.StatusOK {
 		c.t.Fatalf("token: %d %s", a.status, a.body)
 	}
-	var tr threatq.TokenResponse
+	var tr wire.TokenResponse
 	if err := json.Unmarshal(a.body, &tr); err != nil {
 		c.t.Fatal(err)
 	}
@@ -195,20 +185,20 @@ func isSubset(sub, super []string) bool {
 
 func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	t.Run("collection page", func(t *testing.T) {
-		var p threatq.CollectionPage
-		if err := json.Unmarshal(fixture(t, "elastic_data_collection_page1.json"), &p); err != nil {
+		var p wire.CollectionPage
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "elastic_data_collection_page1.json"), &p); err != nil {
 			t.Fatal(err)
 		}
 		if p.Total != 4090 || p.Limit != 100 || p.NextCursorMark != "AoJ9z5LKnvwCJjEwNjk2Nw==" || len(p.Data) != 6 {
 			t.Fatalf("page %+v", p)
 		}
-		if want := (threatq.Indicator{ID: 106767, Type: "IP Address", Value: "107.189.1.90"}); p.Data[0] != want {
+		if want := (wire.Indicator{ID: 106767, Type: "IP Address", Value: "107.189.1.90"}); p.Data[0] != want {
 			t.Fatalf("first indicator %+v, want %+v", p.Data[0], want)
 		}
 	})
 	t.Run(`last page with "data": {}`, func(t *testing.T) {
-		var p threatq.CollectionPage
-		if err := json.Unmarshal(fixture(t, "elastic_data_collection_page2_end.json"), &p); err != nil {
+		var p wire.CollectionPage
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "elastic_data_collection_page2_end.json"), &p); err != nil {
 			t.Fatal(err)
 		}
 		if len(p.Data) != 0 || p.Total != 4090 || p.NextCursorMark != "BoJ9z5LKnvwCJjEwNjk2Nw==" {
@@ -216,19 +206,19 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		}
 	})
 	t.Run("indicator query with offset paging", func(t *testing.T) {
-		var p threatq.CollectionPage
-		if err := json.Unmarshal(fixture(t, "xsoar_indicators_query_response.json"), &p); err != nil {
+		var p wire.CollectionPage
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_indicators_query_response.json"), &p); err != nil {
 			t.Fatal(err)
 		}
-		if len(p.Data) != 1 || p.Data[0] != (threatq.Indicator{ID: 2019, Type: "Email Address", Value: "foo@demisto.com"}) {
+		if len(p.Data) != 1 || p.Data[0] != (wire.Indicator{ID: 2019, Type: "Email Address", Value: "foo@demisto.com"}) {
 			t.Fatalf("page %+v", p)
 		}
 	})
 	t.Run("search results with MD5 and SHA-1 indicators", func(t *testing.T) {
 		var results []struct {
-			EntityResult threatq.CollectionPage
+			EntityResult wire.CollectionPage
 		}
-		if err := json.Unmarshal(fixture(t, "siemplify_enrich_hash_results.json"), &results); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "siemplify_enrich_hash_results.json"), &results); err != nil {
 			t.Fatal(err)
 		}
 		if len(results) < 2 || results[0].EntityResult.Data[0].Type != "MD5" || results[1].EntityResult.Data[0].Type != "SHA-1" {
@@ -238,31 +228,31 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	t.Run("token responses", func(t *testing.T) {
 		cases := []struct {
 			raw  []byte
-			want threatq.TokenResponse
+			want wire.TokenResponse
 		}{
-			{fixture(t, "elastic_token_response_client_credentials.json"), threatq.TokenResponse{AccessToken: "testaccess", TokenType: "Bearer", ExpiresIn: 172799, RefreshToken: "testrefresh"}},
-			{fixture(t, "xsoar_token_response_password_grant.json"), threatq.TokenResponse{AccessToken: "3220879210", ExpiresIn: 3600}},
+			{fixture.Read(t, "threatq", "elastic_token_response_client_credentials.json"), wire.TokenResponse{AccessToken: "testaccess", TokenType: "Bearer", ExpiresIn: 172799, RefreshToken: "testrefresh"}},
+			{fixture.Read(t, "threatq", "xsoar_token_response_password_grant.json"), wire.TokenResponse{AccessToken: "3220879210", ExpiresIn: 3600}},
 		}
 		var kibana struct {
 			TokenResponse json.RawMessage `json:"token_response"`
 		}
-		if err := json.Unmarshal(fixture(t, "kibana_threatq_test_exchanges.json"), &kibana); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "kibana_threatq_test_exchanges.json"), &kibana); err != nil {
 			t.Fatal(err)
 		}
 		cases = append(cases, struct {
 			raw  []byte
-			want threatq.TokenResponse
-		}{kibana.TokenResponse, threatq.TokenResponse{AccessToken: "test-token", TokenType: "bearer", ExpiresIn: 3600}})
+			want wire.TokenResponse
+		}{kibana.TokenResponse, wire.TokenResponse{AccessToken: "test-token", TokenType: "bearer", ExpiresIn: 3600}})
 		for _, tc := range cases {
-			var got threatq.TokenResponse
+			var got wire.TokenResponse
 			if err := json.Unmarshal(tc.raw, &got); err != nil || got != tc.want {
 				t.Fatalf("%s: got %+v, %v; want %+v", tc.raw, got, err, tc.want)
 			}
 		}
 	})
 	t.Run("attribute add response", func(t *testing.T) {
-		var row threatq.AttributeRow
-		if err := json.Unmarshal(fixture(t, "siemplify_add_attribute_response.json"), &row); err != nil {
+		var row wire.AttributeRow
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "siemplify_add_attribute_response.json"), &row); err != nil {
 			t.Fatal(err)
 		}
 		if row.ID != 3 || row.AttributeID != 1 || row.Name != "Category" || row.Value != "Malware" ||
@@ -272,7 +262,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 	})
 	t.Run("error responses", func(t *testing.T) {
 		var bodies []json.RawMessage
-		if err := json.Unmarshal(fixture(t, "xsoar_error_responses.json"), &bodies); err != nil {
+		if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_error_responses.json"), &bodies); err != nil {
 			t.Fatal(err)
 		}
 		want := [][]string{
@@ -280,7 +270,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 			{"First Error", "Second error - part 1", "Second error - part 2"},
 		}
 		for i, b := range bodies {
-			if got := threatq.ParseErrorBody(b); !slices.Equal(got, want[i]) {
+			if got := wire.ParseErrorBody(b); !slices.Equal(got, want[i]) {
 				t.Fatalf("body %d: %q, want %q", i, got, want[i])
 			}
 		}
@@ -293,10 +283,10 @@ func TestTokenAnswerHasTheFixtureShape(t *testing.T) {
 	_, c := start(t, threatqsim.Options{})
 	a := c.tokenRequest("grant_type=client_credentials", "application/x-www-form-urlencoded", "",
 		&[2]string{threatqsim.DefaultClientID, threatqsim.DefaultClientSecret})
-	if want := keys(t, fixture(t, "elastic_token_response_client_credentials.json")); !slices.Equal(keys(t, a.body), want) {
+	if want := keys(t, fixture.Read(t, "threatq", "elastic_token_response_client_credentials.json")); !slices.Equal(keys(t, a.body), want) {
 		t.Fatalf("token keys %v, want %v", keys(t, a.body), want)
 	}
-	var tr threatq.TokenResponse
+	var tr wire.TokenResponse
 	if err := json.Unmarshal(a.body, &tr); err != nil || tr.TokenType != "Bearer" || tr.ExpiresIn != 172800 || tr.AccessToken == "" {
 		t.Fatalf("token %+v, %v", tr, err)
 	}
@@ -310,7 +300,7 @@ func TestCollectionPagesHaveTheFixtureShape(t *testing.T) {
 	})
 	c.login()
 
-	fix := fixture(t, "elastic_data_collection_page1.json")
+	fix := fixture.Read(t, "threatq", "elastic_data_collection_page1.json")
 	fixPage := map[string]json.RawMessage{}
 	if err := json.Unmarshal(fix, &fixPage); err != nil {
 		t.Fatal(err)
@@ -364,7 +354,7 @@ func TestCollectionPagesHaveTheFixtureShape(t *testing.T) {
 			t.Fatalf("timestamp %q is not in ThreatQ's format", ts)
 		}
 	}
-	var decoded threatq.CollectionPage
+	var decoded wire.CollectionPage
 	if err := json.Unmarshal(a.body, &decoded); err != nil || len(decoded.Data) != 2 || decoded.Data[0].Type != "SHA-256" || decoded.Total != 2 {
 		t.Fatalf("decoded %+v, %v", decoded, err)
 	}
@@ -375,14 +365,14 @@ func TestCollectionPagesHaveTheFixtureShape(t *testing.T) {
 		t.Fatalf("cursor %q is not base64: %v", next, err)
 	}
 	end := c.api(http.MethodGet, "/api/indicators/query/hash/h?sort=updated_at&limit=2&cursorMark="+url.QueryEscape(next), "")
-	endFix := fixture(t, "elastic_data_collection_page2_end.json")
+	endFix := fixture.Read(t, "threatq", "elastic_data_collection_page2_end.json")
 	if got, want := keys(t, end.body), keys(t, endFix); !slices.Equal(got, want) {
 		t.Fatalf("end page keys %v, want %v", got, want)
 	}
 	if data := string(end.json(t)["data"]); data != "{}" {
 		t.Fatalf(`end page data %s, want {} like the fixture`, data)
 	}
-	var last threatq.CollectionPage
+	var last wire.CollectionPage
 	if err := json.Unmarshal(end.body, &last); err != nil || len(last.Data) != 0 {
 		t.Fatalf("end page decoded %+v, %v", last, err)
 	}
@@ -414,7 +404,7 @@ func TestAttributeAnswersHaveTheFixtureShape(t *testing.T) {
 
 	// The fixture is an adversary's attribute; an indicator's names the
 	// indicator instead, and carries touched_at like the page's rows.
-	fix := fixture(t, "siemplify_add_attribute_response.json")
+	fix := fixture.Read(t, "threatq", "siemplify_add_attribute_response.json")
 	want := append(rename(keys(t, fix), "adversary_id", "indicator_id"), "touched_at")
 	slices.Sort(want)
 	if got := keys(t, row); !slices.Equal(got, want) {
@@ -437,12 +427,12 @@ func TestAttributeAnswersHaveTheFixtureShape(t *testing.T) {
 		t.Fatalf("pivot keys %v, want %v", g, w)
 	}
 
-	var decoded threatq.AttributeRow
+	var decoded wire.AttributeRow
 	if err := json.Unmarshal(row, &decoded); err != nil || decoded.Name != "Category" || decoded.Value != "Malware" ||
 		len(decoded.Sources) != 1 || decoded.Sources[0].Name != "Cofense Triage" {
 		t.Fatalf("decoded %+v, %v", decoded, err)
 	}
-	var list threatq.AttributeList
+	var list wire.AttributeList
 	l := c.api(http.MethodGet, "/api/indicators/"+itoa(id)+"/attributes", "")
 	if err := json.Unmarshal(l.body, &list); err != nil || list.Total != 1 || len(list.Data) != 1 || list.Data[0].ID != decoded.ID {
 		t.Fatalf("list %s decoded %+v, %v", l.body, list, err)
@@ -454,7 +444,7 @@ func TestErrorAnswersHaveTheFixtureShapes(t *testing.T) {
 	id := sim.AddCollection("h", "n", []threatqsim.SeedIndicator{{Type: "MD5", Value: strings.Repeat("c", 32)}})[0]
 	c.login()
 	var fix []json.RawMessage
-	if err := json.Unmarshal(fixture(t, "xsoar_error_responses.json"), &fix); err != nil {
+	if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_error_responses.json"), &fix); err != nil {
 		t.Fatal(err)
 	}
 
@@ -466,7 +456,7 @@ func TestErrorAnswersHaveTheFixtureShapes(t *testing.T) {
 	if !sameStructure(t, a.body, fix[0]) {
 		t.Fatalf("422 body %s is not shaped like %s", a.body, fix[0])
 	}
-	if got := threatq.ParseErrorBody(a.body); !slices.Equal(got, []string{"value: The value field is required."}) {
+	if got := wire.ParseErrorBody(a.body); !slices.Equal(got, []string{"value: The value field is required."}) {
 		t.Fatalf("messages %q", got)
 	}
 
@@ -475,7 +465,7 @@ func TestErrorAnswersHaveTheFixtureShapes(t *testing.T) {
 	if a.status != http.StatusNotFound || !slices.Equal(keys(t, a.body), keys(t, fix[1])) {
 		t.Fatalf("%d %s", a.status, a.body)
 	}
-	if got := threatq.ParseErrorBody(a.body); len(got) != 1 || !strings.Contains(got[0], "could not be found") {
+	if got := wire.ParseErrorBody(a.body); len(got) != 1 || !strings.Contains(got[0], "could not be found") {
 		t.Fatalf("messages %q", got)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,15 +11,17 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/tqtriage/tqtriage/internal/fixture"
 	"github.com/tqtriage/tqtriage/triage"
+	"github.com/tqtriage/tqtriage/triage/internal/wire"
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 )
 
 // TestFixturesDecodeWithClientTypes decodes every recorded body with the
 // types the client decodes with. A new fixture file must be added here.
 func TestFixturesDecodeWithClientTypes(t *testing.T) {
-	decodeOne := func(t *testing.T, b []byte) *triage.Indicator {
-		var doc triage.Document
+	decodeOne := func(t *testing.T, b []byte) *wire.Indicator {
+		var doc wire.Document
 		if err := json.Unmarshal(b, &doc); err != nil {
 			t.Fatal(err)
 		}
@@ -33,12 +34,12 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		}
 		return in
 	}
-	decodeList := func(t *testing.T, b []byte) ([]*triage.Indicator, triage.Links) {
-		var doc triage.ListDocument
+	decodeList := func(t *testing.T, b []byte) ([]*wire.Indicator, wire.Links) {
+		var doc wire.ListDocument
 		if err := json.Unmarshal(b, &doc); err != nil {
 			t.Fatal(err)
 		}
-		var out []*triage.Indicator
+		var out []*wire.Indicator
 		for _, r := range doc.Data {
 			in, err := r.Indicator()
 			if err != nil {
@@ -85,7 +86,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 			}
 		},
 		"xsoar_v3_reports_list_with_pagination_links.json": func(t *testing.T, b []byte) {
-			var doc triage.ListDocument
+			var doc wire.ListDocument
 			if err := json.Unmarshal(b, &doc); err != nil {
 				t.Fatal(err)
 			}
@@ -116,9 +117,10 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		},
 	}
 
-	files, err := filepath.Glob(filepath.Join(fixtureDir, "*.json"))
+	dir := fixture.Dir(t, "triage")
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no fixtures in %s (%v): they must be in the repository", fixtureDir, err)
+		t.Fatalf("no fixtures in %s (%v): they must be in the repository", dir, err)
 	}
 	for _, f := range files {
 		name := filepath.Base(f)
@@ -127,13 +129,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 			t.Errorf("fixture %s is not checked: add it to this test", name)
 			continue
 		}
-		t.Run(name, func(t *testing.T) {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			check(t, b)
-		})
+		t.Run(name, func(t *testing.T) { check(t, fixture.Read(t, "triage", name)) })
 	}
 }
 
@@ -146,14 +142,14 @@ func TestAnswersHaveTheFixturesShape(t *testing.T) {
 	// Token: exactly Doorkeeper's keys.
 	form := "grant_type=client_credentials&client_id=" + triagesim.DefaultClientID + "&client_secret=" + triagesim.DefaultClientSecret
 	tr := e.send(http.MethodPost, "/oauth/token", form, "Content-Type", "application/x-www-form-urlencoded")
-	sameShape(t, "token", shapeOf(t, tr.body), shapeOf(t, readFixture(t, "xsoar_v3_test_oauth_token_response.json")))
+	sameShape(t, "token", shapeOf(t, tr.body), shapeOf(t, fixture.Read(t, "triage", "xsoar_v3_test_oauth_token_response.json")))
 
 	// A created indicator: the fixture of create/get, key for key.
 	created := e.api(tok, http.MethodPost, "/threat_indicators", createBody("Benign", "URL", "http://example.com/carolann"))
 	if created.status != http.StatusCreated {
 		t.Fatalf("create: %d %s", created.status, created.body)
 	}
-	want := shapeOf(t, readFixture(t, "xsoar_v3_threat_indicators_command_response.json"))
+	want := shapeOf(t, fixture.Read(t, "triage", "xsoar_v3_threat_indicators_command_response.json"))
 	sameShape(t, "create", shapeOf(t, created.body), want)
 	got := e.api(tok, http.MethodGet, "/threat_indicators/1", "")
 	sameShape(t, "get", shapeOf(t, got.body), want)
@@ -190,16 +186,16 @@ func TestAnswersHaveTheFixturesShape(t *testing.T) {
 	}
 	page := e.api(tok, http.MethodGet, "/threat_indicators?page%5Bnumber%5D=1&page%5Bsize%5D=2", "")
 	listed := shapeOf(t, page.body)
-	items := shapeOf(t, unwrapContext(t, readFixture(t, "xsoar_v3_readme_list_context.json")))
+	items := shapeOf(t, unwrapContext(t, fixture.Read(t, "triage", "xsoar_v3_readme_list_context.json")))
 	sameShape(t, "list items", filterPrefix(listed, "data"), filterPrefix(items, "data"))
 	sameShape(t, "list links", filterPrefix(listed, "links"),
-		filterPrefix(shapeOf(t, readFixture(t, "xsoar_v3_reports_list_with_pagination_links.json")), "links"))
+		filterPrefix(shapeOf(t, fixture.Read(t, "triage", "xsoar_v3_reports_list_with_pagination_links.json")), "links"))
 
 	// Errors carry at least the fixtures' keys.
 	nf := e.api(tok, http.MethodGet, "/threat_indicators/999", "")
-	contains(t, "404", shapeOf(t, nf.body), shapeOf(t, readFixture(t, "xsoar_v3_test_404_error.json")))
+	contains(t, "404", shapeOf(t, nf.body), shapeOf(t, fixture.Read(t, "triage", "xsoar_v3_test_404_error.json")))
 	inv := e.api(tok, http.MethodPost, "/threat_indicators", `{"data":{"type":"threat_indicators","attributes":{"threat_level":"Benign"}}}`)
-	contains(t, "422", shapeOf(t, inv.body), shapeOf(t, readFixture(t, "xsoar_v3_test_422_error.json")))
+	contains(t, "422", shapeOf(t, inv.body), shapeOf(t, fixture.Read(t, "triage", "xsoar_v3_test_422_error.json")))
 }
 
 func filterPrefix(paths []string, prefix string) []string {

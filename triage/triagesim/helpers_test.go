@@ -6,26 +6,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/tqtriage/tqtriage/triage/triagesim"
 )
-
-// fixtureDir holds the public response bodies, copied into the repository.
-var fixtureDir = filepath.Join("..", "testdata", "fixtures")
-
-func readFixture(t *testing.T, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtureDir, name))
-	if err != nil {
-		t.Fatalf("fixture %s: %v (the fixtures live in triage/testdata/fixtures)", name, err)
-	}
-	return b
-}
 
 // env is a simulator behind a real HTTP server, with raw requests: these
 // tests check the wire, so they do not go through the client.

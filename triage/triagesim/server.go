@@ -1,7 +1,7 @@
 // Package triagesim is an in-memory Cofense Triage (public API v2, threat
 // indicators only) for tests, benchmarks, the demo and the sim command. It
 // answers the way the real service does as far as public sources show it
-// (shared/API.md and the fixtures in triage/testdata/fixtures): Doorkeeper's
+// (the fixtures in triage/testdata/fixtures among them): Doorkeeper's
 // token endpoint and 401s, jsonapi-resources documents, errors, paging and
 // media-type checks. It is strict where the real service is, so that a
 // client that passes against it sends what Triage accepts.

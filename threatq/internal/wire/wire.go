@@ -1,4 +1,10 @@
-package threatq
+// Package wire holds the documents ThreatQ sends, as the client reads
+// them. The client, the export reader's tests and the simulator's tests
+// share them, so that the simulator's answers are held to the same decoding
+// as the public fixtures; they are internal because no caller of the client
+// needs them. Decoding is tolerant where public sources show more than one
+// shape (numbers as strings, an empty "data" sent as {} rather than []).
+package wire
 
 import (
 	"bytes"
@@ -9,21 +15,10 @@ import (
 	"unicode/utf8"
 )
 
-// This file holds the documents ThreatQ sends, as this client reads them.
-// They are exported so that the simulator's tests can hold the simulator's
-// answers to the same decoding as the public fixtures. Decoding is tolerant
-// where public sources show more than one shape (numbers as strings, an
-// empty "data" sent as {} rather than []).
-
-// Indicator is one ThreatQ indicator as this service uses it. Type is the
-// type's name ("SHA-256", "FQDN", …), never its id: type ids differ per
-// ThreatQ instance.
-//
-// It encodes as {"id":…,"type":"…","value":"…"} and decodes from that or
-// from a whole indicator object as the API returns it, where "type" is an
-// object {"id","name","class"}; "id" may be a number or a string holding
-// one. Decoding does not check that the fields are present: callers decide
-// what an incomplete indicator means.
+// Indicator is one ThreatQ indicator, decoded as threatq.Indicator
+// documents it. It has exactly the fields of threatq.Indicator, which is
+// converted from it: a field added to one must be added to the other, or
+// the conversion stops compiling.
 type Indicator struct {
 	ID    int64  `json:"id"`
 	Type  string `json:"type"`
@@ -31,9 +26,9 @@ type Indicator struct {
 }
 
 // UnmarshalJSON implements json.Unmarshaler with the tolerance described on
-// Indicator.
+// threatq.Indicator.
 func (in *Indicator) UnmarshalJSON(b []byte) error {
-	var w wireIndicator
+	var w indicatorFields
 	if err := json.Unmarshal(b, &w); err != nil {
 		return fmt.Errorf("indicator: %w", err)
 	}
@@ -41,16 +36,16 @@ func (in *Indicator) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// wireIndicator decodes an indicator with custom decoding on its leaf
+// indicatorFields decodes an indicator with custom decoding on its leaf
 // fields only: a custom decoder on the whole object would make
 // encoding/json scan every indicator of a page twice more.
-type wireIndicator struct {
+type indicatorFields struct {
 	ID    flexInt    `json:"id"`
 	Type  flexName   `json:"type"`
-	Value flexString `json:"value"`
+	Value FlexString `json:"value"`
 }
 
-func (w wireIndicator) indicator() Indicator {
+func (w indicatorFields) indicator() Indicator {
 	return Indicator{ID: int64(w.ID), Type: string(w.Type), Value: string(w.Value)}
 }
 
@@ -65,17 +60,17 @@ type CollectionPage struct {
 }
 
 // UnmarshalJSON implements json.Unmarshaler.
-func (p *CollectionPage) UnmarshalJSON(b []byte) error { return p.decodeRaw(b) }
+func (p *CollectionPage) UnmarshalJSON(b []byte) error { return p.DecodeRaw(b) }
 
-// decodeRaw decodes a page in one pass in the common case (data is an
+// DecodeRaw decodes a page in one pass in the common case (data is an
 // array); the client calls it directly rather than through json.Unmarshal,
 // which would scan the page once more to find its end.
-func (p *CollectionPage) decodeRaw(b []byte) error {
+func (p *CollectionPage) DecodeRaw(b []byte) error {
 	var w struct {
-		Total          flexInt         `json:"total"`
-		Data           []wireIndicator `json:"data"`
-		NextCursorMark string          `json:"nextCursorMark"`
-		Limit          flexInt         `json:"limit"`
+		Total          flexInt           `json:"total"`
+		Data           []indicatorFields `json:"data"`
+		NextCursorMark string            `json:"nextCursorMark"`
+		Limit          flexInt           `json:"limit"`
 	}
 	err := json.Unmarshal(b, &w)
 	var data []Indicator
@@ -95,7 +90,7 @@ func (p *CollectionPage) decodeRaw(b []byte) error {
 		if err := json.Unmarshal(b, &again); err != nil {
 			return fmt.Errorf("collection page: %w", err)
 		}
-		if _, err := decodeList[wireIndicator](again.Data); err != nil {
+		if _, err := decodeList[indicatorFields](again.Data); err != nil {
 			return fmt.Errorf("collection page data: %w", err)
 		}
 	default:
@@ -145,8 +140,8 @@ func (a *AttributeRow) UnmarshalJSON(b []byte) error {
 	var w struct {
 		ID          flexInt    `json:"id"`
 		AttributeID flexInt    `json:"attribute_id"`
-		Name        flexString `json:"name"`
-		Value       flexString `json:"value"`
+		Name        FlexString `json:"name"`
+		Value       FlexString `json:"value"`
 		Sources     rawList    `json:"sources"`
 	}
 	if err := json.Unmarshal(b, &w); err != nil {
@@ -265,10 +260,11 @@ func (n *flexInt) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// flexString decodes a JSON string or null (empty).
-type flexString string
+// FlexString decodes a JSON string or null (empty).
+type FlexString string
 
-func (s *flexString) UnmarshalJSON(b []byte) error {
+// UnmarshalJSON implements json.Unmarshaler.
+func (s *FlexString) UnmarshalJSON(b []byte) error {
 	if string(b) == "null" {
 		*s = ""
 		return nil
@@ -283,14 +279,14 @@ func (s *flexString) UnmarshalJSON(b []byte) error {
 	// escapes is its bytes between the quotes (if they are valid UTF-8,
 	// which encoding/json would otherwise mend).
 	if inner := b[1 : len(b)-1]; len(b) >= 2 && bytes.IndexByte(inner, '\\') < 0 && utf8.Valid(inner) {
-		*s = flexString(inner)
+		*s = FlexString(inner)
 		return nil
 	}
 	var str string
 	if err := json.Unmarshal(b, &str); err != nil {
 		return err
 	}
-	*s = flexString(str)
+	*s = FlexString(str)
 	return nil
 }
 
@@ -301,7 +297,7 @@ type flexName string
 func (n *flexName) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '{' {
 		var o struct {
-			Name flexString `json:"name"`
+			Name FlexString `json:"name"`
 		}
 		if err := json.Unmarshal(b, &o); err != nil {
 			return err
@@ -309,7 +305,7 @@ func (n *flexName) UnmarshalJSON(b []byte) error {
 		*n = flexName(o.Name)
 		return nil
 	}
-	var s flexString
+	var s FlexString
 	if err := s.UnmarshalJSON(b); err != nil {
 		return err
 	}

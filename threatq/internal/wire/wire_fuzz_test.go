@@ -1,4 +1,4 @@
-package threatq
+package wire
 
 import (
 	"encoding/json"
@@ -24,7 +24,7 @@ func FuzzDecodeDocuments(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p CollectionPage
-		if p.decodeRaw(b) == nil && !json.Valid(b) {
+		if p.DecodeRaw(b) == nil && !json.Valid(b) {
 			t.Fatalf("decoded invalid JSON %q", b)
 		}
 		var l AttributeList
