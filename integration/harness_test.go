@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"iter"
 	"net/http/httptest"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/bus/bustest"
 	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/internal/sample"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
 	"github.com/tqtriage/tqtriage/run"
@@ -216,30 +216,7 @@ func waitJobsSettled(t *testing.T, b *bus.Bus) {
 }
 
 // sampleIndicators returns n valid indicators of the four types.
-func sampleIndicators(prefix string, n int) []threatqsim.SeedIndicator {
-	out := make([]threatqsim.SeedIndicator, n)
-	for i := range out {
-		switch i % 4 {
-		case 0:
-			out[i] = threatqsim.SeedIndicator{Type: "MD5", Value: fmt.Sprintf("%032x", hash(prefix, i))}
-		case 1:
-			out[i] = threatqsim.SeedIndicator{Type: "SHA-256", Value: fmt.Sprintf("%064x", hash(prefix, i))}
-		case 2:
-			out[i] = threatqsim.SeedIndicator{Type: "URL", Value: fmt.Sprintf("https://%s-%d.example.com/login", prefix, i)}
-		default:
-			out[i] = threatqsim.SeedIndicator{Type: "FQDN", Value: fmt.Sprintf("%s-%d.phish.example.net", prefix, i)}
-		}
-	}
-	return out
-}
-
-func hash(prefix string, i int) uint64 {
-	h := uint64(14695981039346656037)
-	for _, c := range prefix {
-		h = (h ^ uint64(c)) * 1099511628211
-	}
-	return (h ^ uint64(i)) * 1099511628211
-}
+func sampleIndicators(prefix string, n int) []threatqsim.SeedIndicator { return sample.Valid(prefix, n) }
 
 // serve runs fn in the background until the test ends, and waits for it.
 func serve(t *testing.T, fn func(ctx context.Context) error) context.CancelFunc {

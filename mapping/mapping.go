@@ -1,7 +1,7 @@
 // Package mapping turns a ThreatQ indicator into what Cofense Triage accepts,
 // and a Triage answer into the attributes written back to ThreatQ.
 //
-// It owns the rules of DESIGN.md "What each action does": the four supported
+// It owns the rules of docs/flow.md, "What each action does": the four supported
 // types, the per-type validation and normalisation of values (trim, case,
 // punycode), the threat levels, and the names of the enrichment attributes.
 // It calls nothing and keeps no state: every function is pure.

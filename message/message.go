@@ -1,4 +1,4 @@
-// Package message holds tqtriage's wire contracts, version 1, as DESIGN.md
+// Package message holds tqtriage's wire contracts, version 1, as docs/messages.md
 // fixes them: the subjects, the job a publisher sends, the result a worker
 // answers and the statuses a result can have. Operators and other programs
 // depend on these shapes; change them only with a new version.
@@ -88,7 +88,7 @@ func (l Letters) Replayable() bool { return l != LettersInvalid }
 // Status is what became of one job.
 type Status string
 
-// The statuses of DESIGN.md, and nothing else.
+// The statuses of docs/messages.md, and nothing else.
 const (
 	StatusCreated  Status = "created"   // Triage created the indicator
 	StatusExists   Status = "exists"    // create found it already in Triage

@@ -1,7 +1,7 @@
 package main
 
 // Black-box tests of the tqtriage binary: it is built once, then driven the
-// way DESIGN.md tells an operator to drive it (subcommands, flags,
+// way docs/cli.md tells an operator to drive it (subcommands, flags,
 // environment variables, exit codes, standard output and error), against
 // the simulators served by `tqtriage sim` and a JetStream server, either
 // the one `run` embeds or one this test process serves.
@@ -27,7 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/bus/bustest"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/threatqsim"
@@ -416,12 +416,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // that need an external server, and returns its URL.
 func startNATS(t *testing.T) string {
 	t.Helper()
-	s, err := bus.StartEmbedded(bus.EmbeddedOptions{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s.ClientURL()
+	return bustest.Server(t).ClientURL()
 }
 
 var (

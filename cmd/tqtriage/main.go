@@ -1,6 +1,6 @@
 // Command tqtriage moves ThreatQ indicators into Cofense Triage through NATS
 // JetStream and writes Triage's answers back onto the ThreatQ indicators.
-// DESIGN.md fixes its subcommands, flags and environment; this package only
+// docs/cli.md fixes its subcommands, flags and environment; this package only
 // reads them and wires the packages together.
 package main
 

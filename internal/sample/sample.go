@@ -63,6 +63,35 @@ func valid(i int) (string, string) {
 	}
 }
 
+// Valid returns n valid indicators of the four types in turn, distinct
+// for each prefix: for tests and benchmarks that need their own.
+func Valid(prefix string, n int) []threatqsim.SeedIndicator {
+	out := make([]threatqsim.SeedIndicator, n)
+	for i := range out {
+		h := fnv(prefix, i)
+		switch i % 4 {
+		case 0:
+			out[i] = threatqsim.SeedIndicator{Type: "MD5", Value: fmt.Sprintf("%032x", h)}
+		case 1:
+			out[i] = threatqsim.SeedIndicator{Type: "SHA-256", Value: fmt.Sprintf("%064x", h)}
+		case 2:
+			out[i] = threatqsim.SeedIndicator{Type: "URL", Value: fmt.Sprintf("https://%s-%d.example.com/login", prefix, i)}
+		default:
+			out[i] = threatqsim.SeedIndicator{Type: "FQDN", Value: fmt.Sprintf("%s-%d.phish.example.net", prefix, i)}
+		}
+	}
+	return out
+}
+
+// fnv is FNV-1a of prefix and i: distinct hash values for distinct pairs.
+func fnv(prefix string, i int) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range prefix {
+		h = (h ^ uint64(c)) * 1099511628211
+	}
+	return (h ^ uint64(i)) * 1099511628211
+}
+
 // InTriage returns the sample indicators that Triage already holds: the
 // first two of each type, as Triage spells the type, with another source,
 // so that a create answers exists for them.
