@@ -216,7 +216,9 @@ func waitJobsSettled(t *testing.T, b *bus.Bus) {
 }
 
 // sampleIndicators returns n valid indicators of the four types.
-func sampleIndicators(prefix string, n int) []threatqsim.SeedIndicator { return sample.Valid(prefix, n) }
+func sampleIndicators(prefix string, n int) []threatqsim.SeedIndicator {
+	return sample.Valid(prefix, n)
+}
 
 // serve runs fn in the background until the test ends, and waits for it.
 func serve(t *testing.T, fn func(ctx context.Context) error) context.CancelFunc {
