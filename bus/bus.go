@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,7 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/tqtriage/tqtriage/message"
+	"github.com/tqtriage/tqtriage/internal/redact"
 )
 
 // Stream, consumer and bucket names.
@@ -83,6 +82,13 @@ type Config struct {
 	AckWait time.Duration
 	// MaxAckPending of the durable consumers (default DefaultMaxAckPending).
 	MaxAckPending int
+
+	// Limits keeps the streams from filling the server's disk.
+	Limits Limits
+
+	// Role says what the process does, and so which streams, consumers
+	// and buckets it opens (default RoleOperator: all of them).
+	Role Role
 }
 
 func (c Config) withDefaults() Config {
@@ -105,6 +111,10 @@ func (c Config) withDefaults() Config {
 	if c.MaxAckPending <= 0 {
 		c.MaxAckPending = DefaultMaxAckPending
 	}
+	c.Limits = c.Limits.withDefaults()
+	if c.Role == "" {
+		c.Role = RoleOperator
+	}
 	return c
 }
 
@@ -120,12 +130,21 @@ type Bus struct {
 
 	claimMu     sync.Mutex
 	claimQueues map[string]*claimQueue // by run and limit: claims waiting for a commit
+
+	refusals refusals // permission violations the server reported
 }
 
 // Connect connects to NATS, reconnecting for ever on a lost connection, and
-// creates or updates the streams, consumers and bucket.
+// opens what cfg.Role needs of the topology: what exists is used as it is
+// (an operator shapes it with Setup), what is missing is created when the
+// connection's user may. A missing permission is an error within seconds
+// that names it.
 func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) {
 	cfg = cfg.withDefaults()
+	if err := cfg.Role.check(); err != nil {
+		return nil, err
+	}
+	b := &Bus{cfg: cfg, log: log}
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
@@ -137,6 +156,7 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) 
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info().Str("server", c.ConnectedUrlRedacted()).Msg("NATS reconnected") }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			b.refusals.note(err)
 			ev := log.Warn().Err(err)
 			if s != nil {
 				ev = ev.Str("subject", s.Subject)
@@ -165,7 +185,7 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) 
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", redact(cfg.URL), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redact.URL(cfg.URL), errors.New(redact.URL(err.Error())))
 	}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(4096),
@@ -175,134 +195,12 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) 
 		nc.Close()
 		return nil, fmt.Errorf("JetStream: %w", err)
 	}
-	b := &Bus{cfg: cfg, nc: nc, js: js, log: log}
-	if err := b.ensureTopology(ctx); err != nil {
+	b.nc, b.js = nc, js
+	if err := b.open(ctx); err != nil {
 		nc.Close()
 		return nil, err
 	}
 	return b, nil
-}
-
-// redact hides user information in a NATS URL (or a comma-separated list).
-func redact(u string) string {
-	parts := strings.Split(u, ",")
-	for i, p := range parts {
-		if at, scheme := strings.LastIndexByte(p, '@'), strings.Index(p, "://"); at > 0 && scheme >= 0 && at > scheme {
-			parts[i] = p[:scheme+3] + "***" + p[at:]
-		}
-	}
-	return strings.Join(parts, ",")
-}
-
-func (b *Bus) ensureTopology(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	c := b.cfg
-	var err error
-	if b.jobs, err = b.stream(ctx, jetstream.StreamConfig{
-		Name:        StreamJobs,
-		Description: "tqtriage jobs: one message per indicator of a run",
-		Subjects:    []string{message.JobsWildcard},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		Duplicates:  c.DuplicateWindow,
-	}); err != nil {
-		return err
-	}
-	if b.results, err = b.stream(ctx, jetstream.StreamConfig{
-		Name:        StreamResults,
-		Description: "tqtriage results (exactly one per job, read by write-back and status) and write-back's receipts",
-		Subjects:    []string{message.ResultsWildcard, message.ReceiptsWildcard},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		MaxAge:      c.ResultsMaxAge,
-		Duplicates:  c.DuplicateWindow,
-		AllowDirect: true,
-	}); err != nil {
-		return err
-	}
-	if b.dlq, err = b.stream(ctx, jetstream.StreamConfig{
-		Name:        StreamDLQ,
-		Description: "tqtriage dead letters: failed jobs, unparseable messages, write-backs that could not be done",
-		Subjects:    []string{message.DLQWildcard},
-		Retention:   jetstream.LimitsPolicy,
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		MaxAge:      c.DLQMaxAge,
-		Duplicates:  2 * time.Minute,
-	}); err != nil {
-		return err
-	}
-	if b.claims, err = b.stream(ctx, jetstream.StreamConfig{
-		Name:              StreamClaims,
-		Description:       "tqtriage objects-per-run admissions: a count per run and a claim per distinct indicator",
-		Subjects:          []string{claimsPrefix + ">"},
-		Retention:         jetstream.LimitsPolicy,
-		Storage:           jetstream.FileStorage,
-		Replicas:          c.Replicas,
-		MaxAge:            c.ClaimsMaxAge,
-		MaxMsgsPerSubject: 1,
-		AllowDirect:       true,
-		// Long enough to cover a redelivery after a worker died between
-		// counting a key and storing its claim.
-		Duplicates: c.DuplicateWindow,
-	}); err != nil {
-		return err
-	}
-	if b.runs, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketRuns,
-		Description: "tqtriage runs: id, action, source, total, start",
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		TTL:         c.ResultsMaxAge,
-	}); err != nil {
-		return fmt.Errorf("create bucket %s: %w", BucketRuns, err)
-	}
-	if b.deliveries, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketDeliveries,
-		Description: "tqtriage deliveries that do not count toward a message's limit (snoozed, handed back)",
-		Storage:     jetstream.FileStorage,
-		Replicas:    c.Replicas,
-		TTL:         c.ResultsMaxAge,
-	}); err != nil {
-		return fmt.Errorf("create bucket %s: %w", BucketDeliveries, err)
-	}
-	// Both durables are shared by every replica. Neither has a server-side
-	// MaxDeliver: the executor counts deliveries itself and gives up at
-	// its limit, where a server-side limit would leave the message stuck
-	// in its stream, silently.
-	for _, d := range []struct {
-		s          jetstream.Stream
-		name, what string
-		filter     string
-	}{
-		{b.jobs, ConsumerWorkers, "tqtriage worker replicas share it", message.JobsWildcard},
-		{b.results, ConsumerWriteback, "tqtriage write-back replicas share it", message.ResultsWildcard},
-	} {
-		if _, err = d.s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-			Durable:       d.name,
-			Description:   d.what,
-			FilterSubject: d.filter,
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-			AckWait:       c.AckWait,
-			MaxDeliver:    -1,
-			MaxAckPending: c.MaxAckPending,
-		}); err != nil {
-			return fmt.Errorf("create consumer %s: %w", d.name, err)
-		}
-	}
-	return nil
-}
-
-func (b *Bus) stream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	s, err := b.js.CreateOrUpdateStream(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
-	}
-	return s, nil
 }
 
 // Connected reports whether the connection is up, for health checks.

@@ -35,9 +35,8 @@ func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
 		NoLog:      true,
-		// Large enough for a batch of results; the default 1 MiB is
-		// also fine for jobs, which are a few hundred bytes.
-		MaxPayload: 8 << 20,
+		// MaxPayload stays the server's default (1 MiB), as in a real
+		// deployment, so that tests meet the limits production does.
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)

@@ -158,7 +158,7 @@ func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
 		if ctx.Err() != nil {
 			// Draining: this one was buffered, not started. Hand it
 			// back so another replica takes it now, not after ack-wait.
-			e.settle(hctx, m, nil, Attempt{}, HandBack(), e.log)
+			e.settle(hctx, &delivery[T]{m: m, log: e.log}, HandBack())
 			<-slots
 			continue
 		}
@@ -180,45 +180,70 @@ func (e *executor[T]) deliver(ctx context.Context, m jetstream.Msg) {
 		e.log.Error().Err(err).Str("subject", m.Subject()).Msg("message without JetStream metadata ignored")
 		return
 	}
-	a := Attempt{N: e.b.countedDeliveries(ctx, e.c.Durable, md), Max: e.c.MaxDeliver, Subject: m.Subject(), Seq: md.Sequence.Stream}
-	log := e.log.With().Uint64("stream_seq", a.Seq).Int("attempt", a.N).Logger()
+	d := &delivery[T]{m: m, md: md, log: e.log}
+	d.a = Attempt{N: e.b.countedDeliveries(ctx, e.c.Durable, md), Max: e.c.MaxDeliver, Subject: m.Subject(), Seq: md.Sequence.Stream}
+	d.log = e.log.With().Uint64("stream_seq", d.a.Seq).Int("attempt", d.a.N).Logger()
 
 	// The ack deadline runs while the handler waits on a remote service:
 	// report progress so the server does not give the message to another
 	// replica meanwhile.
 	hb := newHeartbeat(m, e.every)
-	out := e.decide(ctx, m, a, &log)
+	out := e.decide(ctx, d)
 	hb.stop()
 
-	e.settle(ctx, m, md, a, out, log)
+	e.settle(ctx, d, out)
 	if e.c.Metrics != nil {
 		e.c.Metrics.observe(e.c.Durable, out, time.Since(start))
 	}
 }
 
+// delivery is one message in the executor's hands.
+type delivery[T any] struct {
+	m       jetstream.Msg
+	md      *jetstream.MsgMetadata // nil: handed back unseen while draining
+	a       Attempt
+	v       T
+	decoded bool
+	log     zerolog.Logger
+	// final: the outcome being settled is already the answer to a
+	// failure to store an earlier one; a second failure dead-letters
+	// the message alone.
+	final bool
+}
+
+// giveUp is the outcome of a delivery whose answer cannot be had.
+func (e *executor[T]) giveUp(d *delivery[T], reason string) Outcome {
+	if !d.decoded {
+		return DeadLettered(e.c.Undecodable, "", reason)
+	}
+	return e.c.GiveUp(d.v, d.a, reason)
+}
+
 // decide decodes and handles one delivery, and resolves an Err into a
 // retry or a give-up. A panic anywhere in it is an error like any other:
 // retried, then given up, never a lost message or a dead replica.
-func (e *executor[T]) decide(ctx context.Context, m jetstream.Msg, a Attempt, log *zerolog.Logger) (out Outcome) {
+func (e *executor[T]) decide(ctx context.Context, d *delivery[T]) (out Outcome) {
 	defer func() {
 		if p := recover(); p != nil {
-			log.Error().Interface("panic", p).Msg("handler panicked; the message will be delivered again")
-			out = retryAfter(e.delay(a.N), fmt.Errorf("handler panicked: %v", p))
+			d.log.Error().Interface("panic", p).Msg("handler panicked; the message will be delivered again")
+			out = retryAfter(e.delay(d.a.N), fmt.Errorf("handler panicked: %v", p))
 		}
 	}()
-	v, err := e.c.Decode(m.Subject(), m.Data())
+	v, err := e.c.Decode(d.m.Subject(), d.m.Data())
 	if err != nil {
 		return DeadLettered(e.c.Undecodable, "", err.Error())
 	}
+	d.v, d.decoded = v, true
 	if e.c.LogFields != nil {
-		*log = e.c.LogFields(v, log.With()).Logger()
+		d.log = e.c.LogFields(v, d.log.With()).Logger()
 	}
+	a := d.a
 	if a.N > a.Max {
 		// Delivered past the limit without an answer (a replica died on
 		// it each time): stop here rather than try again.
 		return e.c.GiveUp(v, a, fmt.Sprintf("delivered %d times without an answer (limit %d)", a.N, a.Max))
 	}
-	out = e.handle(log.WithContext(ctx), v, a, log)
+	out = e.handle(d.log.WithContext(ctx), v, a, &d.log)
 	if out.kind != KindError {
 		return out
 	}
@@ -269,33 +294,31 @@ func (e *executor[T]) delay(n int) time.Duration {
 // that acknowledges, delays, hands back or dead-letters a consumed message.
 // The order keeps "exactly one result per job, nothing lost": a dead letter
 // is stored before the publications, the publications before the
-// acknowledgement, and whatever cannot be stored leaves the message
-// unacknowledged for another try. md is nil for a message handed back
-// unseen while draining.
-func (e *executor[T]) settle(ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, a Attempt, out Outcome, log zerolog.Logger) {
+// acknowledgement, and whatever cannot be stored for now leaves the message
+// unacknowledged for a counted redelivery. What can never be stored (a
+// publication the server refuses for good) is final: the message's answer
+// becomes its give-up, and if that cannot be stored either, the message is
+// dead-lettered alone and acknowledged. Nothing loops forever.
+func (e *executor[T]) settle(ctx context.Context, d *delivery[T], out Outcome) {
+	m, log := d.m, d.log
 	switch out.kind {
 	case KindHandBack:
-		e.b.markUncounted(ctx, e.c.Durable, m, md)
+		e.b.markUncounted(ctx, e.c.Durable, m, d.md)
 		_ = m.Nak()
 		return
 	case KindSnooze:
-		e.b.markUncounted(ctx, e.c.Durable, m, md)
+		e.b.markUncounted(ctx, e.c.Durable, m, d.md)
 		log.Info().Str("reason", out.reason).Dur("redeliver_in", out.delay).Msg("message snoozed; this delivery does not count")
-		if err := m.NakWithDelay(out.delay); err != nil {
-			log.Warn().Err(err).Msg("could not delay the message; it returns after the ack wait")
-		}
+		e.nak(d, out.delay)
 		return
 	case KindRetry:
 		log.Warn().Err(out.err).Dur("redeliver_in", out.delay).Msg("message will be delivered again")
-		if err := m.NakWithDelay(out.delay); err != nil {
-			log.Warn().Err(err).Msg("could not delay the message; it returns after the ack wait")
-		}
+		e.nak(d, out.delay)
 		return
 	case KindDeadLetter:
-		hdr := deadLetterHeader(m, md, out.runID, out.reason)
-		if _, err := e.b.publish(ctx, Publication{Subject: out.dlq, MsgID: deadLetterID(md), Data: m.Data()}, hdr); err != nil {
+		if err := e.b.storeDeadLetter(ctx, m, d.md, out.dlq, out.runID, out.reason); err != nil {
 			log.Error().Err(err).Msg("could not store the dead letter; the message will be delivered again")
-			_ = m.NakWithDelay(e.delay(a.N))
+			e.nak(d, e.delay(d.a.N))
 			return
 		}
 		log.Error().Str("reason", out.reason).Str("dead_letter", out.dlq).Msg("message dead-lettered")
@@ -303,44 +326,66 @@ func (e *executor[T]) settle(ctx context.Context, m jetstream.Msg, md *jetstream
 		log.Debug().Str("outcome", out.label).Msg("message done")
 	default:
 		log.Error().Stringer("kind", out.kind).Msg("unknown outcome; the message will be delivered again")
-		_ = m.NakWithDelay(e.delay(a.N))
+		e.nak(d, e.delay(d.a.N))
 		return
 	}
-	e.publishThenAck(m, out.pubs, log)
+	e.publishThenAck(ctx, d, out.pubs)
 }
 
-// publishThenAck stores pubs and acknowledges m once the stream has them
-// all. The handler's slot is free meanwhile: the acknowledgement waits off
-// it (worth ~10% of throughput).
-func (e *executor[T]) publishThenAck(m jetstream.Msg, pubs []Publication, log zerolog.Logger) {
+func (e *executor[T]) nak(d *delivery[T], after time.Duration) {
+	if err := d.m.NakWithDelay(after); err != nil {
+		d.log.Warn().Err(err).Msg("could not delay the message; it returns after the ack wait")
+	}
+}
+
+// publishThenAck stores pubs and acknowledges the message once the stream
+// has them all. The handler's slot is free meanwhile: the acknowledgement
+// waits off it (worth ~10% of throughput).
+func (e *executor[T]) publishThenAck(ctx context.Context, d *delivery[T], pubs []Publication) {
 	futures := make([]jetstream.PubAckFuture, 0, len(pubs))
 	for _, p := range pubs {
 		f, err := e.b.publishAsync(p)
 		if err != nil {
-			log.Error().Err(err).Str("subject", p.Subject).Msg("could not publish; the message will be delivered again")
-			_ = m.NakWithDelay(time.Second)
+			e.publishFailed(ctx, d, p, err)
 			return
 		}
 		futures = append(futures, f)
 	}
 	if len(futures) == 0 {
-		ack(m, log)
+		ack(d.m, d.log)
 		return
 	}
 	e.pending.Add(1)
 	go func() {
 		defer e.pending.Done()
-		for _, f := range futures {
+		for i, f := range futures {
 			select {
 			case <-f.Ok():
 			case err := <-f.Err():
-				log.Error().Err(err).Str("subject", f.Msg().Subject).Msg("a publication was not stored; the message will be delivered again")
-				_ = m.NakWithDelay(time.Second)
+				e.publishFailed(ctx, d, pubs[i], err)
 				return
 			}
 		}
-		ack(m, log)
+		ack(d.m, d.log)
 	}()
+}
+
+// publishFailed settles a delivery whose publication p was not stored.
+func (e *executor[T]) publishFailed(ctx context.Context, d *delivery[T], p Publication, err error) {
+	if !Permanent(err) {
+		d.log.Error().Err(err).Str("subject", p.Subject).Msg("a publication was not stored; the message will be delivered again")
+		e.nak(d, e.delay(d.a.N))
+		return
+	}
+	reason := fmt.Sprintf("the answer could not be stored on %s: %v", p.Subject, err)
+	d.log.Error().Err(err).Str("subject", p.Subject).Msg("a publication was refused for good")
+	if d.final {
+		// Even the give-up could not be stored: keep the message itself.
+		e.settle(ctx, d, DeadLettered(e.c.Undecodable, "", reason))
+		return
+	}
+	d.final = true
+	e.settle(ctx, d, e.giveUp(d, reason))
 }
 
 func ack(m jetstream.Msg, log zerolog.Logger) {

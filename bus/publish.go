@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,13 +29,20 @@ func (b *Bus) Publish(ctx context.Context, p Publication) (PubAck, error) {
 }
 
 func (b *Bus) publish(ctx context.Context, p Publication, hdr nats.Header) (PubAck, error) {
+	if err := checkSubject(p.Subject); err != nil {
+		return PubAck{}, fmt.Errorf("publish: %w", err)
+	}
 	m := &nats.Msg{Subject: p.Subject, Data: p.Data, Header: hdr}
 	var opts []jetstream.PublishOpt
 	if p.MsgID != "" {
 		opts = append(opts, jetstream.WithMsgID(p.MsgID))
 	}
+	since := time.Now()
 	ack, err := b.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
+		if v := b.refusals.since(since); v != "" {
+			return PubAck{}, fmt.Errorf("publish to %s: NATS refused this user: %s", p.Subject, strings.TrimPrefix(v, "nats: "))
+		}
 		return PubAck{}, fmt.Errorf("publish to %s: %w", p.Subject, transient(err))
 	}
 	return PubAck{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
@@ -52,6 +61,9 @@ func (b *Bus) PublishAsync(p Publication) (Future, error) {
 }
 
 func (b *Bus) publishAsync(p Publication) (jetstream.PubAckFuture, error) {
+	if err := checkSubject(p.Subject); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
 	m := &nats.Msg{Subject: p.Subject, Data: p.Data}
 	var opts []jetstream.PublishOpt
 	if p.MsgID != "" {
@@ -89,10 +101,36 @@ func (transientError) Retryable() bool { return true }
 func (e transientError) Unwrap() error { return e.error }
 
 func transient(err error) error {
-	if err == nil || errors.Is(err, context.Canceled) {
+	if err == nil || errors.Is(err, context.Canceled) || Permanent(err) {
 		return err
 	}
 	return transientError{err}
+}
+
+// Permanent reports a publish failure that no retry can cure: a subject
+// the server refuses, a message over its maximum size.
+func Permanent(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrBadHeaderMsg) || errors.Is(err, errSubjectTooLong) {
+		return true
+	}
+	var je jetstream.JetStreamError
+	return errors.As(err, &je) && je.APIError() != nil && je.APIError().ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+}
+
+// maxSubjectBytes bounds the subjects this program publishes on. The
+// server closes the connection of a client whose control line (subject
+// and reply) is over its limit (4 KiB by default); every subject here is
+// made of validated parts and far shorter, so a longer one is a bug,
+// refused before it can cost the connection.
+const maxSubjectBytes = 512
+
+var errSubjectTooLong = fmt.Errorf("subject longer than %d bytes", maxSubjectBytes)
+
+func checkSubject(s string) error {
+	if len(s) > maxSubjectBytes {
+		return errSubjectTooLong
+	}
+	return nil
 }
 
 func isWrongLastSequence(err error) bool {

@@ -254,8 +254,8 @@ func TestTriageFailingForGoodIsFailedAndDeadLetteredThenReplayed(t *testing.T) {
 	e.triage.SetFailureRate(0)
 	serve(t, func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, o.Bus, o.Worker, e.log, nil) })
 	n, err := o.Bus.Replay(context.Background(), message.LettersCreate, nil)
-	if err != nil || n != 6 {
-		t.Fatalf("replayed %d, err %v; want 6", n, err)
+	if err != nil || n.Replayed != 6 || n.Skipped != 0 {
+		t.Fatalf("replayed %+v, err %v; want 6", n, err)
 	}
 	tally := waitStatus(t, o.Bus, out.Record.ID, time.Minute, func(tl *run.Tally) bool {
 		return tl.Count(message.StatusCreated) == 6

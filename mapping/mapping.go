@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/tqtriage/tqtriage/message"
 )
 
 // Triage threat types (case-sensitive in the Triage API).
@@ -49,7 +51,7 @@ const (
 // a message or request body must stay bounded.
 const (
 	minValueLen = 3
-	maxValueLen = 8192
+	maxValueLen = message.MaxValueBytes
 )
 
 // InvalidError says why a value cannot be sent to Triage. Its text is meant

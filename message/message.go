@@ -12,7 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
+	"unicode/utf8"
 )
 
 // Version is the contract version written in every job and result.
@@ -132,6 +132,8 @@ type Job struct {
 	ThreatSource string    `json:"threat_source,omitempty"`
 	Upsert       bool      `json:"upsert,omitempty"`
 	ReplyTo      string    `json:"reply_to,omitempty"`
+
+	problem string // set by ParseJob: see Problem
 }
 
 // TriageIndicator is Triage's view of an indicator, as a result carries it.
@@ -213,12 +215,7 @@ func CheckRunID(id string) error {
 	return nil
 }
 
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
+func clip(s string, n int) string { return clipUTF8(s, n) }
 
 // ParseError says why a job cannot be worked on at all. Such a job goes to
 // tqtriage.dlq.invalid with its raw bytes and this reason.
@@ -230,14 +227,34 @@ func parseErr(format string, args ...any) error {
 	return &ParseError{Reason: fmt.Sprintf(format, args...)}
 }
 
+// Limits on what a job may say. A message over MaxJobBytes, or one that
+// lacks what an answer needs (version, run id, action, indicator id), does
+// not parse: it is dead-lettered. Any other field over its limit parses,
+// and the job is answered invalid with the reason (Job.Problem).
+const (
+	MaxJobBytes      = 64 << 10
+	MaxValueBytes    = 8192 // a longer indicator value is refused (as the mapping refuses it)
+	MaxTypeBytes     = 64
+	MaxLevelBytes    = 32
+	MaxSourceBytes   = 256
+	MaxSeq           = 1_000_000_000
+	maxReplyToBytes  = len(ResultsPrefix) + MaxRunIDLen
+	maxQuotedInError = 80
+)
+
 // ParseJob decodes and checks a job that arrived on subject. It is strict
-// about what the worker needs to answer (version, run id, action matching
-// the subject, an indicator id) and leaves the indicator's type and value to
-// the mapping rules, which answer a bad one with an invalid result rather
-// than a dead letter. Fields it does not know are ignored, so that a later
-// minor addition does not dead-letter every job.
+// about what the worker needs to answer (size, version, run id, action
+// matching the subject, an indicator id): without these there is no one to
+// answer, and the message is a *ParseError. Every other field is bounded
+// here too; a job over a limit parses with its Problem set, so that it is
+// answered invalid with the reason. Fields it does not know are ignored, so
+// that a later minor addition does not dead-letter every job. The reply
+// subject is always tqtriage.results.<run_id>.
 func ParseJob(subject string, data []byte) (Job, error) {
 	var j Job
+	if len(data) > MaxJobBytes {
+		return j, parseErr("a job of %d bytes; at most %d are accepted", len(data), MaxJobBytes)
+	}
 	if len(bytes.TrimSpace(data)) == 0 {
 		return j, parseErr("empty message")
 	}
@@ -260,7 +277,7 @@ func ParseJob(subject string, data []byte) (Job, error) {
 		return j, parseErr("run_id: %v", err)
 	}
 	if _, err := ParseAction(string(j.Action)); err != nil {
-		return j, parseErr("%v", err)
+		return j, parseErr("action %q: want create or update", clip(string(j.Action), maxQuotedInError))
 	}
 	if subject != "" && subject != JobSubject(j.Action) {
 		return j, parseErr("action %q arrived on %s", j.Action, subject)
@@ -268,18 +285,42 @@ func ParseJob(subject string, data []byte) (Job, error) {
 	if j.Indicator.ID <= 0 {
 		return j, parseErr("indicator.id is missing or not positive")
 	}
-	if j.Seq < 0 {
-		return j, parseErr("seq %d is negative", j.Seq)
-	}
-	if j.ReplyTo == "" {
-		j.ReplyTo = ResultSubject(j.RunID)
-	} else if !strings.HasPrefix(j.ReplyTo, ResultsPrefix) || strings.ContainsAny(j.ReplyTo, " \t*>") {
-		// Results are only stored under tqtriage.results.>; a reply
-		// anywhere else would be a result nobody keeps.
-		return j, parseErr("reply_to %q is not under %s", j.ReplyTo, ResultsPrefix)
-	}
+	j.problem = j.check()
+	// Whatever reply_to said, the answer goes to the run's own subject:
+	// a job cannot send its result into another run, or to a subject
+	// the server refuses.
+	j.ReplyTo = ResultSubject(j.RunID)
 	return j, nil
 }
+
+// check says which field of a parsed job is over its limit, if any.
+func (j *Job) check() string {
+	over := func(field string, got, limit int) string {
+		return fmt.Sprintf("%s is %d bytes long; at most %d are accepted", field, got, limit)
+	}
+	switch {
+	case j.Seq < 0 || j.Seq > MaxSeq:
+		return fmt.Sprintf("seq %d is outside 0 to %d", j.Seq, MaxSeq)
+	case j.ReplyTo != "" && j.ReplyTo != ResultSubject(j.RunID):
+		if len(j.ReplyTo) > maxReplyToBytes {
+			return fmt.Sprintf("reply_to (%d bytes) is not %s", len(j.ReplyTo), ResultSubject(j.RunID))
+		}
+		return fmt.Sprintf("reply_to %q is not %s, the only subject a job of this run may answer on", j.ReplyTo, ResultSubject(j.RunID))
+	case len(j.Indicator.Type) > MaxTypeBytes:
+		return over("indicator.type", len(j.Indicator.Type), MaxTypeBytes)
+	case len(j.Indicator.Value) > MaxValueBytes:
+		return over("indicator.value", len(j.Indicator.Value), MaxValueBytes)
+	case len(j.ThreatLevel) > MaxLevelBytes:
+		return over("threat_level", len(j.ThreatLevel), MaxLevelBytes)
+	case len(j.ThreatSource) > MaxSourceBytes:
+		return over("threat_source", len(j.ThreatSource), MaxSourceBytes)
+	}
+	return ""
+}
+
+// Problem says why a parsed job cannot be worked on (a field over its
+// limit, a foreign reply_to): it is answered invalid with this reason.
+func (j Job) Problem() string { return j.problem }
 
 // ParseResult decodes a result and checks its version and status.
 func ParseResult(data []byte) (Result, error) {
@@ -299,9 +340,51 @@ func ParseResult(data []byte) (Result, error) {
 	return r, nil
 }
 
-// NewResult starts the result of job j.
+// Bounds on what a result carries of its job: a result must stay small
+// whatever the job said.
+const (
+	maxResultType  = MaxTypeBytes
+	maxResultValue = 1024
+)
+
+// NewResult starts the result of job j. It carries a bounded copy of the
+// indicator's type and value (a valid value is never cut: the mapping
+// refuses longer ones), and seq only when it is within bounds.
 func NewResult(j Job, status Status, reason string) Result {
-	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: j.Indicator, Status: status, Reason: reason}
+	ind := j.Indicator
+	ind.Type = clipUTF8(ind.Type, maxResultType)
+	if status == StatusInvalid {
+		ind.Value = clipUTF8(ind.Value, maxResultValue)
+	}
+	seq := j.Seq
+	if seq < 0 || seq > MaxSeq {
+		seq = 0
+	}
+	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: seq, Indicator: ind, Status: status, Reason: reason}
+}
+
+// Encode writes v as JSON without HTML escaping: a value of '<' stays one
+// byte, not six, so a result stays within its bounds.
+func Encode(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// clipUTF8 cuts s to at most n bytes on a rune boundary, marking the cut.
+func clipUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // Receipt says that write-back has settled one stored result: written to
@@ -363,4 +446,5 @@ const (
 	HeaderRunID      = "Tqtriage-Run"        // the run, when known
 	HeaderDeliveries = "Tqtriage-Deliveries" // how often it was delivered
 	HeaderMsgID      = "Tqtriage-Msg-Id"     // the original message's Nats-Msg-Id
+	HeaderTruncated  = "Tqtriage-Truncated"  // the original size, when the data was cut to fit
 )

@@ -39,6 +39,13 @@ func (t *Tally) add(s bus.Stored) {
 	t.Add(r)
 }
 
+// know tells the tally what the run's record says of its jobs.
+func (t *Tally) know(rec Record) {
+	if rec.Published {
+		t.SetLimit(rec.MaxSeq)
+	}
+}
+
 // complete reports whether every job of rec has its result (and, with
 // writtenBack, every result its receipt).
 func (t *Tally) complete(rec Record, writtenBack bool) bool {
@@ -64,6 +71,7 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 		mu    sync.Mutex
 		tally Tally
 	)
+	tally.know(rec)
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	readErr := make(chan error, 1)
@@ -109,6 +117,7 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 			}
 		}
 		mu.Lock()
+		tally.know(rec)
 		complete := tally.complete(rec, o.WrittenBack)
 		mu.Unlock()
 		if complete {
@@ -163,6 +172,7 @@ func Status(ctx context.Context, b Bus, id string) (*Tally, Record, error) {
 		return nil, rec, err
 	}
 	var tally Tally
+	tally.know(rec)
 	err = b.ReadRun(ctx, id, false, func(s bus.Stored) bool {
 		tally.add(s)
 		return true

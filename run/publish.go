@@ -2,7 +2,6 @@ package run
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -135,6 +134,11 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 			log.Warn().Err(it.Err).Msg("input skipped")
 			continue
 		}
+		if why := overLimit(it.Indicator); why != "" {
+			res.rejected++
+			log.Warn().Int64("indicator", it.Indicator.ID).Str("reason", why).Msg("input skipped")
+			continue
+		}
 		res.seq++
 		job := message.Job{
 			V: message.Version, RunID: runID, Action: o.Action, Seq: res.seq,
@@ -142,7 +146,7 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 			ThreatLevel: o.ThreatLevel, ThreatSource: o.ThreatSource, Upsert: o.Upsert,
 			ReplyTo: message.ResultSubject(runID),
 		}
-		data, err := json.Marshal(job)
+		data, err := message.Encode(job)
 		if err != nil {
 			res.err = err
 			break
@@ -162,6 +166,18 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 		acks.add(p, f)
 	}
 	return res
+}
+
+// overLimit says why an indicator cannot become a job: no worker would
+// take a value or type longer than a job may carry.
+func overLimit(in message.Indicator) string {
+	switch {
+	case len(in.Value) > message.MaxValueBytes:
+		return fmt.Sprintf("the value is %d bytes long; at most %d are accepted", len(in.Value), message.MaxValueBytes)
+	case len(in.Type) > message.MaxTypeBytes:
+		return fmt.Sprintf("the type is %d bytes long; at most %d are accepted", len(in.Type), message.MaxTypeBytes)
+	}
+	return ""
 }
 
 // ackCollector checks every future, in order, in one goroutine: a job

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode/utf8"
 
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
 )
 
@@ -41,9 +43,9 @@ var Meaning = map[message.Status]string{
 // Header is the head of a run's summary: its id, action and source, and
 // what went wrong while publishing.
 func Header(r Record) string {
-	src := r.Source
+	src := termsafe.Line(r.Source)
 	if r.SourceName != "" {
-		src += " (" + r.SourceName + ")"
+		src += " (" + termsafe.Line(r.SourceName) + ")"
 	}
 	h := fmt.Sprintf("run %s: %s from %s", r.ID, r.Action, src)
 	if r.Upsert {
@@ -53,7 +55,7 @@ func Header(r Record) string {
 		h += fmt.Sprintf("; %d input lines or repeats not queued", r.Rejected)
 	}
 	if r.Error != "" {
-		h += "\n  publishing stopped early: " + r.Error
+		h += "\n  publishing stopped early: " + termsafe.Line(r.Error)
 	}
 	return h
 }
@@ -76,6 +78,9 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 	if t.unread > 0 {
 		fmt.Fprintf(w, "  unreadable  %-6d results that did not parse\n", t.unread)
 	}
+	if t.apart > 0 {
+		fmt.Fprintf(w, "  apart       %-6d results naming no job of this run (a seq beyond its jobs); not counted\n", t.apart)
+	}
 	for _, s := range []message.Status{message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound} {
 		var still []message.Result
 		for _, r := range t.examples[s] {
@@ -88,14 +93,14 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 		}
 		fmt.Fprintf(w, "  %s, for example:\n", s)
 		for _, r := range still {
-			fmt.Fprintf(w, "    indicator %d (%s %q): %s\n", r.Indicator.ID, r.Indicator.Type, clip(r.Indicator.Value, 80), r.Reason)
+			fmt.Fprintf(w, "    indicator %d (%s %q): %s\n", r.Indicator.ID, termsafe.Line(r.Indicator.Type), clip(r.Indicator.Value, 80), termsafe.Line(r.Reason))
 		}
 	}
 	if t.wbFailed > 0 {
 		fmt.Fprintf(w, "  write-back  %d results could not be written to ThreatQ (dead letters on %s; `tqtriage dlq replay --action writeback`)\n", t.wbFailed, message.DLQWriteback)
 		for _, rc := range t.wbErrors {
 			if t.get(rc.Seq, rc.Indicator)&wbFailBit != 0 { // not since written (a replay)
-				fmt.Fprintf(w, "    indicator %d: %s\n", rc.Indicator, rc.Reason)
+				fmt.Fprintf(w, "    indicator %d: %s\n", rc.Indicator, termsafe.Line(rc.Reason))
 			}
 		}
 	}
@@ -107,9 +112,13 @@ func (t *Tally) Failed(r Record) bool {
 	return t.Count(message.StatusFailed) > 0 || t.wbFailed > 0 || r.Error != ""
 }
 
+// clip cuts s to n bytes on a rune boundary; %q then escapes the rest.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

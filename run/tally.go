@@ -9,19 +9,33 @@ import (
 // redelivery past the duplicate window, a replayed dead letter) replaces
 // the job's earlier one rather than adding to the count.
 //
-// Its memory is one byte per job (by seq), plus a map entry for each job
-// that came without a seq.
+// Its memory is bounded whatever the results say: one byte per job, kept
+// in pages that are made only when a result of their range comes (at most
+// maxIndexedSeq jobs), plus a map entry for each job that came without a
+// seq (at most maxNoSeq). A result beyond the run's jobs (seq over its
+// highest, once known) or over those bounds is counted apart, not indexed.
 type Tally struct {
-	bySeq    []uint8 // index seq-1: jobState
+	pages    []*page // (seq-1)/pageSize → the states of that range's jobs
+	limit    int64   // the run's highest seq, once known (0: not yet)
 	noSeq    map[int64]uint8
 	counts   [8]int
 	done     int
 	unread   int // results that did not parse
+	apart    int // results beyond the run's jobs, not counted as jobs
 	awaiting int // jobs whose latest result has no receipt yet
 	wbFailed int // jobs whose latest result's write-back was dead-lettered
 	examples map[message.Status][]message.Result
 	wbErrors []message.Receipt // a few dead-lettered write-backs
 }
+
+// Bounds of the index.
+const (
+	pageSize      = 4096
+	maxIndexedSeq = 1 << 26 // 64 Mi jobs: 64 MiB of states at most
+	maxNoSeq      = 1 << 18
+)
+
+type page [pageSize]uint8
 
 // A job's state in one byte: the status of its latest result (1 + its
 // index in message.Statuses; 0: none yet), whether that result awaits its
@@ -44,29 +58,84 @@ func statusIndex(s message.Status) uint8 {
 	return 0
 }
 
+// indexed reports whether the job of seq (0: none) has a place.
+func (t *Tally) indexed(seq, id int64) bool {
+	switch {
+	case seq < 0:
+		return false
+	case seq == 0:
+		_, known := t.noSeq[id]
+		return known || len(t.noSeq) < maxNoSeq
+	case t.limit > 0:
+		return seq <= t.limit && seq <= maxIndexedSeq
+	}
+	return seq <= maxIndexedSeq
+}
+
 // get is the state of the job of seq (or, without a seq, of indicator id).
 func (t *Tally) get(seq, id int64) uint8 {
-	if seq > 0 {
-		if seq <= int64(len(t.bySeq)) {
-			return t.bySeq[seq-1]
-		}
+	if seq <= 0 {
+		return t.noSeq[id]
+	}
+	i, o := (seq-1)/pageSize, (seq-1)%pageSize
+	if i >= int64(len(t.pages)) || t.pages[i] == nil {
 		return 0
 	}
-	return t.noSeq[id]
+	return t.pages[i][o]
 }
 
 func (t *Tally) set(seq, id int64, v uint8) {
-	if seq > 0 {
-		for int64(len(t.bySeq)) < seq {
-			t.bySeq = append(t.bySeq, make([]uint8, max(int(seq)-len(t.bySeq), len(t.bySeq)))...)
+	if seq <= 0 {
+		if t.noSeq == nil {
+			t.noSeq = map[int64]uint8{}
 		}
-		t.bySeq[seq-1] = v
+		t.noSeq[id] = v
 		return
 	}
-	if t.noSeq == nil {
-		t.noSeq = map[int64]uint8{}
+	i, o := (seq-1)/pageSize, (seq-1)%pageSize
+	if i >= int64(len(t.pages)) {
+		t.pages = append(t.pages, make([]*page, i+1-int64(len(t.pages)))...)
 	}
-	t.noSeq[id] = v
+	if t.pages[i] == nil {
+		t.pages[i] = new(page)
+	}
+	t.pages[i][o] = v
+}
+
+// SetLimit tells the tally the run's highest seq, once its publishing has
+// ended: results of a higher seq are not the run's jobs. Those counted
+// before it was known are moved apart.
+func (t *Tally) SetLimit(maxSeq int64) {
+	if maxSeq <= 0 || t.limit == maxSeq {
+		return
+	}
+	t.limit = maxSeq
+	for i := maxSeq / pageSize; i < int64(len(t.pages)); i++ {
+		p := t.pages[i]
+		if p == nil {
+			continue
+		}
+		for o, v := range p {
+			if i*pageSize+int64(o)+1 <= maxSeq || v&statusMask == 0 {
+				continue
+			}
+			t.forget(v)
+			p[o] = 0
+		}
+	}
+}
+
+// forget takes a job of state v out of the counts and counts it apart.
+func (t *Tally) forget(v uint8) {
+	t.done--
+	t.counts[v&statusMask]--
+	if v&awaitBit != 0 {
+		t.awaiting--
+	}
+	if v&wbFailBit != 0 {
+		t.wbFailed--
+	}
+	t.apart++
 }
 
 // Add counts one result.
@@ -74,6 +143,10 @@ func (t *Tally) Add(r message.Result) {
 	idx := statusIndex(r.Status)
 	if idx == 0 {
 		t.unread++
+		return
+	}
+	if !t.indexed(r.Seq, r.Indicator.ID) {
+		t.apart++
 		return
 	}
 	prev := t.get(r.Seq, r.Indicator.ID)
@@ -102,6 +175,9 @@ func (t *Tally) Add(r message.Result) {
 
 // AddReceipt counts write-back's receipt for a job's result.
 func (t *Tally) AddReceipt(rc message.Receipt) {
+	if rc.Seq < 0 {
+		return
+	}
 	v := t.get(rc.Seq, rc.Indicator)
 	if v&statusMask == 0 {
 		return // no result of this job was read: not ours to count
@@ -142,11 +218,18 @@ func (t *Tally) WritebackFailures() int { return t.wbFailed }
 // Count is the number of jobs whose latest result has status s.
 func (t *Tally) Count(s message.Status) int { return t.counts[statusIndex(s)] }
 
+// Apart is the number of results that name no job of the run (a seq over
+// its highest), counted apart.
+func (t *Tally) Apart() int { return t.apart }
+
 // Unreadable is the number of stored results that did not parse.
 func (t *Tally) Unreadable() int { return t.unread }
 
 // latest is the latest status of r's job.
 func (t *Tally) latest(r message.Result) message.Status {
+	if r.Seq < 0 {
+		return ""
+	}
 	v := t.get(r.Seq, r.Indicator.ID)
 	if v&statusMask == 0 {
 		return ""

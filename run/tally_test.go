@@ -78,3 +78,45 @@ func TestTallyFollowsWritebackReceiptsOfEachJobsLatestResult(t *testing.T) {
 		t.Fatalf("after the replay: failures %d, failed %v", tl.WritebackFailures(), tl.Failed(rec))
 	}
 }
+
+// TestTallyMemoryIsBoundedWhateverAResultSays: a result's seq is the
+// publisher's word; a huge one, or many far apart, cost a page each at
+// most and are counted apart once the run's jobs are known.
+func TestTallyMemoryIsBoundedWhateverAResultSays(t *testing.T) {
+	var tl Tally
+	tl.Add(res(1, 1, message.StatusCreated))
+	tl.Add(res(4_000_000_000_000, 2, message.StatusInvalid)) // beyond any run
+	tl.Add(res(60_000_000, 3, message.StatusInvalid))        // far, but within the index
+	if tl.Apart() != 1 || tl.Done() != 2 {
+		t.Fatalf("apart %d, done %d; want 1 and 2", tl.Apart(), tl.Done())
+	}
+	pages := 0
+	for _, p := range tl.pages {
+		if p != nil {
+			pages++
+		}
+	}
+	if pages != 2 || len(tl.pages) > maxIndexedSeq/pageSize {
+		t.Fatalf("%d pages made, %d page slots; want 2 and a bounded index", pages, len(tl.pages))
+	}
+	// Publishing ends: the run has 10 jobs. The far result is not one.
+	tl.SetLimit(10)
+	if tl.Apart() != 2 || tl.Done() != 1 || tl.Count(message.StatusInvalid) != 0 || tl.AwaitingWriteback() != 1 {
+		t.Fatalf("after the limit: apart %d, done %d, invalid %d, awaiting %d", tl.Apart(), tl.Done(), tl.Count(message.StatusInvalid), tl.AwaitingWriteback())
+	}
+	tl.Add(res(11, 4, message.StatusCreated))
+	if tl.Apart() != 3 || tl.Done() != 1 {
+		t.Fatalf("a result beyond the known jobs: apart %d, done %d", tl.Apart(), tl.Done())
+	}
+	for i := int64(0); i < maxNoSeq+10; i++ {
+		tl.Add(res(0, 1000+i, message.StatusInvalid))
+	}
+	if len(tl.noSeq) != maxNoSeq || tl.Apart() != 13 {
+		t.Fatalf("jobs without seq: %d indexed, %d apart; want %d and 13", len(tl.noSeq), tl.Apart(), maxNoSeq)
+	}
+	var b bytes.Buffer
+	tl.Summary(&b, "h", 10)
+	if !strings.Contains(b.String(), "apart       13") {
+		t.Errorf("summary does not say what was counted apart:\n%s", b.String())
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -801,5 +802,41 @@ func TestMissingCursorIsAnErrorNotAShortCollection(t *testing.T) {
 	}
 	if n != 1 || !errors.Is(last, threatq.ErrUnexpectedResponse) || !strings.Contains(last.Error(), "1 of 5") {
 		t.Fatalf("read %d, then %v", n, last)
+	}
+}
+
+// TestRedirectOnAWriteIsAnErrorNotASuccess: a 301/302 would turn the POST
+// of an attribute into a GET that answers 200; the write did not happen,
+// so the call must fail, naming where it was sent.
+func TestRedirectOnAWriteIsAnErrorNotASuccess(t *testing.T) {
+	var posts, gets atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/token", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"tok","token_type":"Bearer","expires_in":3600}`)
+	})
+	mux.HandleFunc("GET /api/indicators/7/attributes", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"total":0,"data":[]}`)
+	})
+	mux.HandleFunc("POST /api/indicators/7/attributes", func(w http.ResponseWriter, r *http.Request) {
+		posts.Add(1)
+		http.Redirect(w, r, "/elsewhere", http.StatusFound)
+	})
+	mux.HandleFunc("GET /elsewhere", func(w http.ResponseWriter, r *http.Request) {
+		gets.Add(1)
+		fmt.Fprint(w, `{"data":[]}`)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	c, err := threatq.New(context.Background(), threatq.Config{BaseURL: srv.URL, ClientID: "id", ClientSecret: "secret", Retry: retry.None})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.SetAttributes(context.Background(), 7, []threatq.Attribute{{Name: "ID", Value: "1"}})
+	if err == nil || !strings.Contains(err.Error(), "302") || !strings.Contains(err.Error(), "/elsewhere") {
+		t.Fatalf("SetAttributes after a redirect: %v; want an error naming the 302 and its target", err)
+	}
+	if posts.Load() != 1 || gets.Load() != 0 {
+		t.Fatalf("%d POSTs, %d GETs of the redirect target; want 1 and 0", posts.Load(), gets.Load())
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/internal/redact"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
@@ -129,6 +130,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
+	// A redirect is not followed: it would turn a POST or PUT into a GET
+	// without its body (a write that looks done and is not), and the
+	// token must not travel to another host. It is reported instead.
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	c := &Client{
 		base:      base,
 		http:      hc,
@@ -173,10 +178,10 @@ func normaliseBaseURL(raw string) (string, error) {
 		return "", fmt.Errorf("%w: BaseURL must not carry credentials; use ClientID and ClientSecret", ErrInvalidConfig)
 	}
 	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return "", fmt.Errorf("%w: BaseURL %q is not an http(s) address with a host", ErrInvalidConfig, raw)
+		return "", fmt.Errorf("%w: BaseURL %q is not an http(s) address with a host", ErrInvalidConfig, redact.URL(raw))
 	}
 	if u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("%w: BaseURL %q has a query or fragment", ErrInvalidConfig, raw)
+		return "", fmt.Errorf("%w: BaseURL %q has a query or fragment", ErrInvalidConfig, redact.URL(raw))
 	}
 	p := strings.TrimRight(u.Path, "/")
 	p = strings.TrimSuffix(p, "/api")
@@ -288,6 +293,9 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 			Messages:        c.mask(wire.ParseErrorBody(b)),
 			RetryAfterDelay: httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
+		if loc := resp.Header.Get("Location"); resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "" {
+			e.Messages = append(e.Messages, "redirected to "+redact.URL(clipLocation(loc))+": not followed")
+		}
 		return e
 	}
 	if err != nil {
@@ -347,6 +355,13 @@ type maskedError struct {
 
 func (m *maskedError) Error() string { return m.msg }
 func (m *maskedError) Unwrap() error { return m.err }
+
+func clipLocation(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
+}
 
 // escapeSegment escapes one path segment (a collection hash is opaque
 // text from the user).

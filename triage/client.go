@@ -31,6 +31,7 @@ import (
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/internal/redact"
 )
 
 // MediaType is JSON:API's media type, sent as Content-Type and Accept.
@@ -135,16 +136,17 @@ func parseBaseURL(raw string) (*url.URL, error) {
 	}
 	u, err := url.Parse(strings.TrimSpace(raw))
 	if err != nil {
-		return nil, fmt.Errorf("triage: base URL: %w", err)
+		// url.Error quotes the input, which may hold credentials.
+		return nil, fmt.Errorf("triage: base URL %q does not parse as a URL", redact.URL(raw))
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("triage: base URL %q: scheme must be http or https", raw)
+		return nil, fmt.Errorf("triage: base URL %q: scheme must be http or https", redact.URL(raw))
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("triage: base URL %q: no host", raw)
+		return nil, fmt.Errorf("triage: base URL %q: no host", redact.URL(raw))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("triage: base URL %q: must not carry credentials, a query or a fragment", raw)
+		return nil, fmt.Errorf("triage: base URL %q: must not carry credentials, a query or a fragment", redact.URL(raw))
 	}
 	u.Path = strings.TrimSuffix(strings.TrimRight(u.Path, "/"), APIPath)
 	u.RawPath = ""

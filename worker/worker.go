@@ -11,7 +11,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -140,6 +139,9 @@ func (w *Worker) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[messa
 
 // Handle decides what becomes of one job.
 func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus.Outcome {
+	if p := job.Problem(); p != "" {
+		return w.answer(ctx, job, a, message.StatusInvalid, p, false, nil)
+	}
 	ind, err := mapping.Map(job.Indicator.Type, job.Indicator.Value)
 	if err != nil {
 		return w.answer(ctx, job, a, message.StatusInvalid, err.Error(), false, nil)
@@ -221,16 +223,16 @@ func (w *Worker) answer(ctx context.Context, job message.Job, a bus.Attempt, sta
 	return bus.Done(string(status), pub)
 }
 
-// resultPublication is the result of job on its reply subject. Its
+// resultPublication is the result of job on its run's subject. Its
 // message id names the stored job message it answers, so that a
 // redelivery's repeat is dropped while a replayed dead letter (a new
 // message) gets an answer of its own.
 func resultPublication(job message.Job, a bus.Attempt, r message.Result) (bus.Publication, error) {
-	data, err := json.Marshal(r)
+	data, err := message.Encode(r)
 	if err != nil {
 		return bus.Publication{}, fmt.Errorf("encode result: %w", err)
 	}
-	return bus.Publication{Subject: job.ReplyTo, MsgID: message.ResultMsgID(r.RunID, r.Action, r.Indicator.ID, a.Seq), Data: data}, nil
+	return bus.Publication{Subject: message.ResultSubject(job.RunID), MsgID: message.ResultMsgID(r.RunID, r.Action, r.Indicator.ID, a.Seq), Data: data}, nil
 }
 
 // call makes one try of the job's Triage calls.

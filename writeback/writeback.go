@@ -14,7 +14,6 @@ package writeback
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -131,7 +130,7 @@ func (w *Writer) GiveUp(r message.Result, a bus.Attempt, reason string) bus.Outc
 
 // receipt tells the result's run that write-back settled it.
 func receipt(r message.Result, a bus.Attempt, outcome message.ReceiptOutcome, reason string) bus.Publication {
-	data, _ := json.Marshal(message.Receipt{ // plain strings and numbers: cannot fail
+	data, _ := message.Encode(message.Receipt{ // plain strings and numbers: cannot fail
 		V: message.Version, RunID: r.RunID, Seq: r.Seq, Indicator: r.Indicator.ID,
 		Result: a.Seq, Outcome: outcome, Reason: reason,
 	})

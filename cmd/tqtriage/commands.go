@@ -12,12 +12,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
 	"github.com/tqtriage/tqtriage/run"
@@ -404,17 +406,23 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if verb == "replay" {
 		n, err := b.Replay(ctx, kind, func(d bus.DeadLetter, err error) {
 			if err != nil {
-				fmt.Fprintf(stderr, "dead letter %d: %v\n", d.Seq, err)
+				fmt.Fprintf(stderr, "dead letter %d skipped: %s\n", d.Seq, termsafe.Line(err.Error()))
 			}
 		})
-		fmt.Fprintf(stdout, "replayed %d dead letters\n", n)
+		fmt.Fprintf(stdout, "replayed %d dead letters\n", n.Replayed)
+		if n.Skipped > 0 {
+			fmt.Fprintf(stdout, "skipped %d that cannot be replayed (see above; they stay on the dead-letter stream)\n", n.Skipped)
+		}
+		if err == nil && n.Skipped > 0 {
+			err = errSilent
+		}
 		return err
 	}
 	n := 0
 	err = b.ListDLQ(ctx, kind, func(d bus.DeadLetter) bool {
 		n++
 		fmt.Fprintf(stdout, "%d\t%s\t%s\trun=%s\tdeliveries=%s\t%s\n\t%s\n", d.Seq, d.Time.Local().Format(time.DateTime), d.Subject,
-			d.RunID, d.Deliveries, d.Reason, clip(string(d.Data), 300))
+			termsafe.Line(d.RunID), termsafe.Line(d.Deliveries), termsafe.Line(d.Reason), termsafe.Line(clip(string(d.Data), 300)))
 		return true
 	})
 	fmt.Fprintf(stdout, "%d dead letters\n", n)
@@ -422,9 +430,11 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func clip(s string, n int) string {
-	s = strings.ReplaceAll(s, "\n", " ")
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

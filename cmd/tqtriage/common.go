@@ -20,6 +20,7 @@ import (
 
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/pipeline"
 	"github.com/tqtriage/tqtriage/threatq"
@@ -99,11 +100,23 @@ func newLogger(s *settings, w io.Writer) (zerolog.Logger, error) {
 	switch s.str("log-format") {
 	case "json", "":
 	case "console":
-		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+		// For people: what a value or a server said is escaped, so a
+		// log line cannot rewrite the terminal (JSON escapes it anyway).
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly,
+			FormatMessage: safeText, FormatFieldValue: safeText, FormatErrFieldValue: safeText}
 	default:
 		return zerolog.Nop(), fmt.Errorf("%s=%q: want json or console", s.name("log-format"), s.str("log-format"))
 	}
 	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// safeText is a console log value with what could rewrite a terminal
+// escaped.
+func safeText(i any) string {
+	if i == nil {
+		return ""
+	}
+	return termsafe.Line(fmt.Sprint(i))
 }
 
 func busConfig(s *settings, url string) bus.Config {

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 )
 
 const usage = `tqtriage moves ThreatQ indicators into Cofense Triage and writes Triage's answers back.
@@ -59,7 +61,7 @@ func main() {
 		code = ee.code
 	}
 	if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errSilent) {
-		fmt.Fprintln(os.Stderr, "tqtriage:", err)
+		fmt.Fprintln(os.Stderr, "tqtriage:", termsafe.Text(err.Error()))
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		code = 0

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/threatq"
 )
 
@@ -117,11 +118,9 @@ func (r *Reader) Next() (threatq.Indicator, error) {
 			line = bytes.TrimPrefix(line, []byte("\xef\xbb\xbf"))
 		}
 		if tooLong {
-			if r.format == Unknown {
-				// Nothing to detect the format from; it cannot be told.
-				r.err = fmt.Errorf("%w (line %d: %w)", ErrUnknownFormat, r.line, ErrLineTooLong)
-				break
-			}
+			// A bad line even before the format is known: JSON lines
+			// are told from the next one (a CSV file starts with its
+			// header, so a too-long first line is no header).
 			return threatq.Indicator{}, &LineError{Line: r.line, Err: ErrLineTooLong}
 		}
 		line = bytes.TrimSpace(line)
@@ -298,6 +297,10 @@ func check(in threatq.Indicator) (threatq.Indicator, error) {
 		return threatq.Indicator{}, errors.New("no type")
 	case in.Value == "":
 		return threatq.Indicator{}, errors.New("no value")
+	case len(in.Type) > message.MaxTypeBytes:
+		return threatq.Indicator{}, fmt.Errorf("the type is %d bytes long; at most %d are accepted", len(in.Type), message.MaxTypeBytes)
+	case len(in.Value) > message.MaxValueBytes:
+		return threatq.Indicator{}, fmt.Errorf("the value is %d bytes long; at most %d are accepted", len(in.Value), message.MaxValueBytes)
 	}
 	return in, nil
 }

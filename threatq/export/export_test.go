@@ -218,9 +218,32 @@ func equalInts(a, b []int) bool {
 	return true
 }
 
+// TestValueOverTheJobLimitIsABadLine: a value longer than a job may carry
+// (a 200 KB run of '<') is reported with its line and skipped, and the
+// lines after it are read; so is an over-long first line.
+func TestValueOverTheJobLimitIsABadLine(t *testing.T) {
+	lt := strings.Repeat("<", 200_000)
+	in := `{"id":1,"type":"URL","value":"` + lt + `"}` + "\n" + `{"id":2,"type":"MD5","value":"a"}` + "\n"
+	got, bad, fatal := readAll(t, strings.NewReader(in))
+	if fatal != nil || len(got) != 1 || got[0].ID != 2 || !equalInts(bad, []int{1}) {
+		t.Fatalf("got %v, bad lines %v, fatal %v; want indicator 2 read and line 1 bad", ids(got), bad, fatal)
+	}
+	got, bad, fatal = readAll(t, strings.NewReader("id,type,value\n1,URL,"+lt+"\n2,MD5,a\n"))
+	if fatal != nil || len(got) != 1 || !equalInts(bad, []int{2}) {
+		t.Fatalf("CSV: got %v, bad lines %v, fatal %v", ids(got), bad, fatal)
+	}
+	first := `{"id":1,"type":"MD5","value":"` + strings.Repeat("a", MaxLineBytes) + `"}` + "\n" + `{"id":2,"type":"MD5","value":"a"}` + "\n"
+	got, bad, fatal = readAll(t, strings.NewReader(first))
+	if fatal != nil || len(got) != 1 || !equalInts(bad, []int{1}) {
+		t.Fatalf("over-long first line: got %v, bad lines %v, fatal %v", ids(got), bad, fatal)
+	}
+}
+
 func TestOverlongLineIsABadLineAndReadingGoesOn(t *testing.T) {
 	long := `{"id":2,"type":"MD5","value":"` + strings.Repeat("a", MaxLineBytes) + `"}`
-	exact := `{"id":3,"type":"MD5","value":"` + strings.Repeat("b", MaxLineBytes-len(`{"id":3,"type":"MD5","value":""}`)) + `"}`
+	// A line of exactly the limit is read (its padding is a field the
+	// reader ignores; the value itself is bounded on its own).
+	exact := `{"id":3,"type":"MD5","value":"b","pad":"` + strings.Repeat("b", MaxLineBytes-len(`{"id":3,"type":"MD5","value":"b","pad":""}`)) + `"}`
 	in := `{"id":1,"type":"MD5","value":"a"}` + "\n" + long + "\r\n" + exact + "\n" + `{"id":4,"type":"MD5","value":"c"}`
 	got, bad, fatal := readAll(t, strings.NewReader(in))
 	if fatal != nil || len(got) != 3 || got[0].ID != 1 || got[1].ID != 3 || got[2].ID != 4 {
