@@ -134,7 +134,7 @@ func (b *Bus) ListDLQ(ctx context.Context, kind message.Letters, fn func(DeadLet
 		return nil
 	}
 	last := info.State.LastSeq
-	cons, err := b.dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	cons, err := b.dlq.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, InactiveThreshold: orderedInactive})
 	if err != nil {
 		return fmt.Errorf("dead letters: %w", err)
 	}
@@ -142,7 +142,7 @@ func (b *Bus) ListDLQ(ctx context.Context, kind message.Letters, fn func(DeadLet
 	if err != nil {
 		return fmt.Errorf("dead letters: %w", err)
 	}
-	defer it.Stop()
+	defer b.stopOrdered(StreamDLQ, cons, it)
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	for {

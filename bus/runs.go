@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -67,8 +68,9 @@ func (b *Bus) ReadRun(ctx context.Context, id string, follow bool, fn func(Store
 		return nil
 	}
 	cons, err := b.results.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: subjects,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		FilterSubjects:    subjects,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		InactiveThreshold: orderedInactive,
 	})
 	if err != nil {
 		return fmt.Errorf("results of run %s: %w", id, err)
@@ -77,7 +79,7 @@ func (b *Bus) ReadRun(ctx context.Context, id string, follow bool, fn func(Store
 	if err != nil {
 		return fmt.Errorf("results of run %s: %w", id, err)
 	}
-	defer it.Stop()
+	defer b.stopOrdered(StreamResults, cons, it)
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	for {
@@ -102,5 +104,24 @@ func (b *Bus) ReadRun(ctx context.Context, id string, follow bool, fn func(Store
 		if !follow && s.Seq >= last {
 			return nil
 		}
+	}
+}
+
+// orderedInactive is how long the server keeps a reader's consumer after
+// the reader is gone without deleting it (a killed process).
+const orderedInactive = 30 * time.Second
+
+// stopOrdered stops a reader and deletes its consumer, so that `status`
+// and `--wait` leave nothing behind on the server.
+func (b *Bus) stopOrdered(stream string, cons jetstream.Consumer, it jetstream.MessagesContext) {
+	it.Stop()
+	info := cons.CachedInfo()
+	if info == nil || info.Name == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := b.js.DeleteConsumer(ctx, stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		b.log.Debug().Err(err).Str("consumer", info.Name).Msg("could not delete a reader's consumer; the server drops it when idle")
 	}
 }

@@ -49,12 +49,16 @@ type Limits struct {
 
 // DefaultLimits are the limits setup gives the streams unless told
 // otherwise.
+// The server reserves each stream's bytes from its JetStream storage
+// when the stream is made, so they are kept modest (3.6 GiB in all):
+// about 3 million jobs waiting, the results of 5 million, 400,000 dead
+// letters, the claims of 2 million indicators.
 var DefaultLimits = Limits{
 	JobsMaxMsgs:     10_000_000,
-	JobsMaxBytes:    8 << 30,
-	ResultsMaxBytes: 16 << 30,
-	DLQMaxBytes:     2 << 30,
-	ClaimsMaxBytes:  2 << 30,
+	JobsMaxBytes:    1 << 30,
+	ResultsMaxBytes: 2 << 30,
+	DLQMaxBytes:     256 << 20,
+	ClaimsMaxBytes:  256 << 20,
 }
 
 func (l Limits) withDefaults() Limits {
@@ -75,7 +79,7 @@ func (l Limits) withDefaults() Limits {
 // message.MaxJobBytes; results and receipts are bounded by construction.
 const (
 	maxResultBytes = 64 << 10
-	kvMaxBytes     = 256 << 20
+	kvMaxBytes     = 64 << 20
 )
 
 // The parts of the topology.
@@ -343,6 +347,10 @@ func (b *Bus) consumerConfig(name, filter, what string) jetstream.ConsumerConfig
 	}
 }
 
+// jsErrStorageResourcesExceeded is the server's "insufficient storage
+// resources available" (not among nats.go's named codes).
+const jsErrStorageResourcesExceeded jetstream.ErrorCode = 10047
+
 // refusals keeps the last permission violation the server reported (they
 // come asynchronously), so that a call that timed out can say why.
 type refusals struct {
@@ -379,6 +387,10 @@ func (b *Bus) explain(what string, since time.Time, err error) error {
 	}
 	if v := b.refusals.since(since); v != "" {
 		return fmt.Errorf("open %s: NATS refused this user: %s. Grant the permission (deployments/nats/permissions.conf has one profile per role), or have an operator run `tqtriage setup` if what is missing is the topology itself", what, strings.TrimPrefix(v, "nats: "))
+	}
+	var je jetstream.JetStreamError
+	if errors.As(err, &je) && je.APIError() != nil && je.APIError().ErrorCode == jsErrStorageResourcesExceeded {
+		return fmt.Errorf("open %s: %w: the server has less JetStream storage left than the streams' limits reserve; give it more (max_file_store) or set smaller limits with `tqtriage setup` (see its -h)", what, err)
 	}
 	return fmt.Errorf("open %s: %w", what, err)
 }

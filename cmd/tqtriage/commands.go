@@ -30,7 +30,7 @@ import (
 const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return runReplica(ctx, args, stdout, stderr, "worker", addTriage, func(s *settings) startFunc {
+	return runReplica(ctx, args, stdout, stderr, "worker", bus.RoleWorker, addTriage, func(s *settings) startFunc {
 		t := readTriage(s)
 		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error) {
 			w, err := newWorker(ctx, t, b)
@@ -45,7 +45,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addFlags := func(s *settings) { addThreatQ(s); addWriteback(s) }
-	return runReplica(ctx, args, stdout, stderr, "writeback", addFlags, func(s *settings) startFunc {
+	return runReplica(ctx, args, stdout, stderr, "writeback", bus.RoleWriteback, addFlags, func(s *settings) startFunc {
 		t := readThreatQ(s, "to write attributes back")
 		cfg := readWriteback(s, &t)
 		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error) {
@@ -65,7 +65,7 @@ type startFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.
 
 // runReplica is what the worker and write-back commands share: settings,
 // logger, NATS, the HTTP endpoints, serving until a signal.
-func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, name string, addFlags func(*settings), read func(*settings) startFunc) error {
+func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, name string, role bus.Role, addFlags func(*settings), read func(*settings) startFunc) error {
 	s := newSettings(name, name+" [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addFlags(s)
@@ -79,7 +79,7 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	b, err := connect(ctx, s, log)
+	b, err := connect(ctx, s, log, role)
 	if err != nil {
 		return err
 	}
@@ -203,7 +203,7 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer closeSrc()
-	b, err := connect(ctx, s, log)
+	b, err := connect(ctx, s, log, bus.RolePublisher)
 	if err != nil {
 		return err
 	}
@@ -301,7 +301,7 @@ func finishRun(stdout io.Writer, out pipeline.Outcome, err error) error {
 // embedded JetStream server with its store under --data-dir.
 func connectOrEmbed(ctx context.Context, s *settings, log zerolog.Logger) (*bus.Bus, func(), error) {
 	if s.str("nats-url") != "" {
-		b, err := connect(ctx, s, log)
+		b, err := connect(ctx, s, log, bus.RoleOperator)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -311,7 +311,7 @@ func connectOrEmbed(ctx context.Context, s *settings, log zerolog.Logger) (*bus.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("data directory: %w", err)
 	}
-	cfg := busConfig(s, "")
+	cfg := busConfig(s, "", bus.RoleOperator)
 	if err := s.err(); err != nil {
 		return nil, nil, usageErr("%w", err)
 	}
@@ -330,15 +330,23 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := s.parse(args); err != nil {
 		return usageErr("%w", err)
 	}
-	if s.fs.NArg() != 1 {
+	// Flags may come after the run id too.
+	var ids []string
+	for s.fs.NArg() > 0 {
+		ids = append(ids, s.fs.Arg(0))
+		if err := s.parse(s.fs.Args()[1:]); err != nil {
+			return usageErr("%w", err)
+		}
+	}
+	if len(ids) != 1 {
 		return usageErr("status takes one run id")
 	}
-	id := s.fs.Arg(0)
+	id := ids[0]
 	log, err := newLogger(s, stderr)
 	if err != nil {
 		return usageErr("%w", err)
 	}
-	b, err := connect(ctx, s, log)
+	b, err := connect(ctx, s, log, bus.RoleViewer)
 	if err != nil {
 		return err
 	}
@@ -398,7 +406,11 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return usageErr("%w", err)
 	}
-	b, err := connect(ctx, s, log)
+	role := bus.RoleViewer
+	if verb == "replay" {
+		role = bus.RoleOperator
+	}
+	b, err := connect(ctx, s, log, role)
 	if err != nil {
 		return err
 	}

@@ -119,17 +119,21 @@ func safeText(i any) string {
 	return termsafe.Line(fmt.Sprint(i))
 }
 
-func busConfig(s *settings, url string) bus.Config {
+// busConfig is the NATS side of a command that acts as role. The
+// connection is named for the command and the host, so that the server's
+// connection list tells replicas apart.
+func busConfig(s *settings, url string, role bus.Role) bus.Config {
+	host, _ := os.Hostname()
 	return bus.Config{
-		URL: url, Name: "tqtriage",
+		URL: url, Name: strings.TrimSpace("tqtriage " + s.fs.Name() + " " + host), Role: role,
 		Creds: s.str("nats-creds"), TLSCA: s.str("nats-tls-ca"), TLSCert: s.str("nats-tls-cert"), TLSKey: s.str("nats-tls-key"),
 		Replicas: s.integer("nats-replicas", 1),
 	}
 }
 
-// connect connects to $NATS_URL (default nats://127.0.0.1:4222).
-func connect(ctx context.Context, s *settings, log zerolog.Logger) (*bus.Bus, error) {
-	cfg := busConfig(s, s.str("nats-url"))
+// connect connects to $NATS_URL (default nats://127.0.0.1:4222) as role.
+func connect(ctx context.Context, s *settings, log zerolog.Logger, role bus.Role) (*bus.Bus, error) {
+	cfg := busConfig(s, s.str("nats-url"), role)
 	if err := s.err(); err != nil {
 		return nil, usageErr("%w", err)
 	}

@@ -28,6 +28,7 @@ commands:
   run        the whole pipeline in one process (same flags as publish)
   status     RUN_ID: counts of a run by status
   dlq        list | replay [--action A]: look at and re-send dead letters
+  setup      create or update the streams, consumers and buckets (once, as an operator)
   demo       run against local Triage and ThreatQ simulators, no account needed
   sim        serve the Triage and ThreatQ simulators
 
@@ -92,6 +93,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdStatus(ctx, rest, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(ctx, rest, stdout, stderr)
+	case "setup":
+		return cmdSetup(ctx, rest, stdout, stderr)
 	case "demo":
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "sim":
