@@ -611,6 +611,26 @@ func TestDeliver(t *testing.T) {
 		}
 	})
 
+	t.Run("a retryable error is redelivered after the doubling delay or the longer Retry-After", func(t *testing.T) {
+		for _, tc := range []struct {
+			after     time.Duration
+			delivered uint64
+			want      string
+		}{
+			{0, 1, "nak 1s"},
+			{0, 3, "nak 4s"},
+			{45 * time.Second, 2, "nak 45s"},
+		} {
+			var g giveUps
+			e := newExecutor(b, testConsumer(&g, func(context.Context, string, Attempt) Outcome { return Err(retryableErr{after: tc.after}) }))
+			m := newMsg("tqtriage.jobs.create", "job", 208+tc.delivered, tc.delivered)
+			e.deliver(context.Background(), m)
+			if s := m.waitSettled(t); s != tc.want {
+				t.Errorf("delivery %d with Retry-After %v settled %q; want %q", tc.delivered, tc.after, s, tc.want)
+			}
+		}
+	})
+
 	t.Run("a delivery past the limit is given up without the handler", func(t *testing.T) {
 		var g giveUps
 		called := false
