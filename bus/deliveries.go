@@ -37,6 +37,7 @@ func (b *Bus) countedDeliveries(ctx context.Context, durable string, md *jetstre
 
 // markUncounted records that the current delivery of m does not count.
 func (b *Bus) markUncounted(ctx context.Context, durable string, m jetstream.Msg, md *jetstream.MsgMetadata) {
+	ctx = context.WithoutCancel(ctx) // a hand-back comes when the handler's context has ended; each call keeps JetStream's default timeout
 	if md == nil {
 		var err error
 		if md, err = m.Metadata(); err != nil {

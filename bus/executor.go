@@ -404,6 +404,8 @@ type heartbeat struct {
 
 func newHeartbeat(m jetstream.Msg, every time.Duration) *heartbeat {
 	h := &heartbeat{}
+	h.mu.Lock() // the timer may fire before h.t is stored
+	defer h.mu.Unlock()
 	h.t = time.AfterFunc(every, func() {
 		_ = m.InProgress()
 		h.mu.Lock()
