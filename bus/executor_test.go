@@ -180,8 +180,12 @@ func (e retryableErr) RetryAfter() time.Duration { return e.after }
 
 func decideOnce(c Consumer[string], ctx context.Context, m *fakeMsg, a Attempt) Outcome {
 	e := &executor[string]{c: c, every: time.Hour, log: zerolog.Nop()}
-	log := zerolog.Nop()
-	return e.decide(ctx, m, a, &log)
+	return e.decide(ctx, &delivery[string]{m: m, a: a, log: zerolog.Nop()})
+}
+
+// settleAt settles out for message m at attempt a.
+func settleAt(e *executor[string], ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, a Attempt, out Outcome) {
+	e.settle(ctx, &delivery[string]{m: m, md: md, a: a, log: zerolog.Nop()}, out)
 }
 
 func at(n int) Attempt { return Attempt{N: n, Max: 5, Subject: "tqtriage.jobs.create", Seq: 9} }
@@ -396,7 +400,7 @@ func TestSettle(t *testing.T) {
 		subj := message.ResultSubject("run-done")
 		var atAck *jetstream.RawStreamMsg
 		m.onSettle = func(string) { atAck = stored(t, b, b.results, subj) }
-		e.settle(ctx, m, m.md, at(1), Done("created", Publication{Subject: subj, MsgID: "r/1", Data: []byte("result-1")}), zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(1), Done("created", Publication{Subject: subj, MsgID: "r/1", Data: []byte("result-1")}))
 		if s := m.waitSettled(t); s != "ack" {
 			t.Fatalf("settled %q; want ack", s)
 		}
@@ -407,7 +411,7 @@ func TestSettle(t *testing.T) {
 
 	t.Run("done without publications acknowledges at once", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-2", 102, 1)
-		e.settle(ctx, m, m.md, at(1), Done("nothing"), zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(1), Done("nothing"))
 		if got := m.all(); len(got) != 1 || got[0] != "ack" {
 			t.Fatalf("settled %v; want one ack, before settle returned", got)
 		}
@@ -423,7 +427,7 @@ func TestSettle(t *testing.T) {
 			resultAtAck = stored(t, b, b.results, subj)
 		}
 		out := DeadLettered(testDLQ, "run-dead", "gave up after 5 deliveries: 503", Publication{Subject: subj, MsgID: "failed/3", Data: []byte("failed")})
-		e.settle(ctx, m, m.md, at(5), out, zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(5), out)
 		if s := m.waitSettled(t); s != "ack" {
 			t.Fatalf("settled %q; want ack", s)
 		}
@@ -441,7 +445,7 @@ func TestSettle(t *testing.T) {
 		// A crash after storing the dead letter, before the ack: the
 		// redelivery's dead letter is dropped as a repeat.
 		again := newMsg("tqtriage.jobs.create", `{"job":3}`, 103, 5)
-		e.settle(ctx, again, again.md, at(5), out, zerolog.Nop())
+		settleAt(e, ctx, again, again.md, at(5), out)
 		if s := again.waitSettled(t); s != "ack" {
 			t.Fatalf("repeat settled %q; want ack", s)
 		}
@@ -453,7 +457,7 @@ func TestSettle(t *testing.T) {
 	t.Run("a dead letter that cannot be stored leaves the message for a delayed redelivery, its publications unsent", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-4", 104, 2)
 		subj := message.ResultSubject("run-nowhere")
-		e.settle(ctx, m, m.md, at(2), DeadLettered("tqtriage.nowhere", testRun, "r", Publication{Subject: subj, Data: []byte("failed")}), zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(2), DeadLettered("tqtriage.nowhere", testRun, "r", Publication{Subject: subj, Data: []byte("failed")}))
 		if s := m.waitSettled(t); s != "nak 2s" {
 			t.Fatalf("settled %q; want a nak after the doubling delay (2s)", s)
 		}
@@ -464,7 +468,7 @@ func TestSettle(t *testing.T) {
 
 	t.Run("a publication that cannot be stored leaves the message for redelivery", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-5", 105, 1)
-		e.settle(ctx, m, m.md, at(1), Done("created", Publication{Subject: "tqtriage.nowhere", Data: []byte("x")}), zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(1), Done("created", Publication{Subject: "tqtriage.nowhere", Data: []byte("x")}))
 		if s := m.waitSettled(t); s != "nak 1s" {
 			t.Fatalf("settled %q; want a delayed nak", s)
 		}
@@ -472,7 +476,7 @@ func TestSettle(t *testing.T) {
 
 	t.Run("retry naks with its delay and counts", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-6", 106, 1)
-		e.settle(ctx, m, m.md, at(1), retryAfter(7*time.Second, errors.New("503")), zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(1), retryAfter(7*time.Second, errors.New("503")))
 		if got := m.all(); len(got) != 1 || got[0] != "nak 7s" {
 			t.Fatalf("settled %v; want one nak after 7s", got)
 		}
@@ -484,7 +488,7 @@ func TestSettle(t *testing.T) {
 
 	t.Run("snooze naks with its delay and does not count", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-7", 107, 1)
-		e.settle(ctx, m, m.md, at(1), Snooze(3*time.Second, "rate limited"), zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(1), Snooze(3*time.Second, "rate limited"))
 		if got := m.all(); len(got) != 1 || got[0] != "nak 3s" {
 			t.Fatalf("settled %v; want one nak after 3s", got)
 		}
@@ -496,7 +500,7 @@ func TestSettle(t *testing.T) {
 
 	t.Run("hand back naks at once and does not count", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-8", 108, 1)
-		e.settle(ctx, m, nil, Attempt{}, HandBack(), zerolog.Nop()) // handed back unseen while draining: no metadata read yet
+		settleAt(e, ctx, m, nil, Attempt{}, HandBack()) // handed back unseen while draining: no metadata read yet
 		if got := m.all(); len(got) != 1 || got[0] != "nak" {
 			t.Fatalf("settled %v; want one nak", got)
 		}
@@ -508,7 +512,7 @@ func TestSettle(t *testing.T) {
 
 	t.Run("an unknown outcome is redelivered", func(t *testing.T) {
 		m := newMsg("tqtriage.jobs.create", "job-9", 109, 1)
-		e.settle(ctx, m, m.md, at(1), Outcome{kind: Kind(42)}, zerolog.Nop())
+		settleAt(e, ctx, m, m.md, at(1), Outcome{kind: Kind(42)})
 		if got := m.all(); len(got) != 1 || got[0] != "nak 1s" {
 			t.Fatalf("settled %v; want a delayed nak", got)
 		}

@@ -107,7 +107,9 @@ func TestEveryRoleWorksWithItsOwnUserAndNoMore(t *testing.T) {
 		try  func(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) error
 	}{
 		{bus.RoleWorker, "publish a job", publishTo(message.JobSubject(message.ActionCreate), job)},
-		{bus.RoleWorker, "purge a stream", func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error { return js.DeleteStream(ctx, bus.StreamResults) }},
+		{bus.RoleWorker, "purge a stream", func(ctx context.Context, _ *nats.Conn, js jetstream.JetStream) error {
+			return js.DeleteStream(ctx, bus.StreamResults)
+		}},
 		{bus.RoleWorker, "pull from write-back's consumer", pullFrom(bus.StreamResults, bus.ConsumerWriteback)},
 		{bus.RoleWriteback, "publish a job", publishTo(message.JobSubject(message.ActionUpdate), job)},
 		{bus.RoleWriteback, "delete a message", deleteMsg(bus.StreamResults)},

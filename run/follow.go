@@ -104,10 +104,15 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 			p.show(line(), true)
 			return finish(), rec, fmt.Errorf("stopped waiting for run %s (it goes on; see `tqtriage status %s`): %w", id, id, ctx.Err())
 		case err := <-readErr:
+			readErr <- nil // for finish
+			if ctx.Err() != nil {
+				// Interrupted: the reader ended with it.
+				p.show(line(), true)
+				return finish(), rec, fmt.Errorf("stopped waiting for run %s (it goes on; see `tqtriage status %s`): %w", id, id, ctx.Err())
+			}
 			if err == nil || errors.Is(err, context.Canceled) {
 				err = errors.New("results stream ended")
 			}
-			readErr <- nil // for finish
 			return finish(), rec, fmt.Errorf("following run %s: %w", id, err)
 		case <-tick.C:
 		}

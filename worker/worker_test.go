@@ -365,12 +365,19 @@ func TestNewRefusesAnUnknownThreatLevel(t *testing.T) {
 	}
 }
 
-func TestResultGoesToTheJobsReplySubject(t *testing.T) {
-	w := newWorker(t, noRetry, &fakeTriage{}, &fakeClaims{})
+// TestAForeignReplyToIsAnsweredInvalidOnTheRunsOwnSubject: a job cannot
+// send its result into another run; it is answered invalid, in its own
+// run, and never reaches Triage.
+func TestAForeignReplyToIsAnsweredInvalidOnTheRunsOwnSubject(t *testing.T) {
+	tr := &fakeTriage{}
+	w := newWorker(t, noRetry, tr, &fakeClaims{})
 	j := job(t, message.ActionCreate, "MD5", md5Value, func(j *message.Job) { j.ReplyTo = "tqtriage.results.elsewhere" })
-	pub, _ := result(t, w.Handle(context.Background(), j, attempt))
-	if pub.Subject != "tqtriage.results.elsewhere" {
-		t.Fatalf("published on %s; want the job's reply_to", pub.Subject)
+	pub, r := result(t, w.Handle(context.Background(), j, attempt))
+	if pub.Subject != message.ResultSubject(runID) || r.Status != message.StatusInvalid || !strings.Contains(r.Reason, "reply_to") {
+		t.Fatalf("published %s on %s (%q); want invalid on the run's own subject", r.Status, pub.Subject, r.Reason)
+	}
+	if ops := tr.ops(); len(ops) != 0 {
+		t.Fatalf("Triage calls %v for a job answered invalid", ops)
 	}
 }
 
