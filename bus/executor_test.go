@@ -183,9 +183,9 @@ func decideOnce(c Consumer[string], ctx context.Context, m *fakeMsg, a Attempt) 
 	return e.decide(ctx, &delivery[string]{m: m, a: a, log: zerolog.Nop()})
 }
 
-// settleAt settles out for message m at attempt a.
+// settleAt settles out for message m (decoded as its data) at attempt a.
 func settleAt(e *executor[string], ctx context.Context, m jetstream.Msg, md *jetstream.MsgMetadata, a Attempt, out Outcome) {
-	e.settle(ctx, &delivery[string]{m: m, md: md, a: a, log: zerolog.Nop()}, out)
+	e.settle(ctx, &delivery[string]{m: m, md: md, a: a, v: string(m.Data()), decoded: true, log: zerolog.Nop()}, out)
 }
 
 func at(n int) Attempt { return Attempt{N: n, Max: 5, Subject: "tqtriage.jobs.create", Seq: 9} }

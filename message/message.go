@@ -349,18 +349,15 @@ const (
 
 // NewResult starts the result of job j. It carries a bounded copy of the
 // indicator's type and value (a valid value is never cut: the mapping
-// refuses longer ones), and seq only when it is within bounds.
+// refuses longer ones). Its seq is the job's, whatever it is: a reader
+// counts a result beyond its run's jobs apart.
 func NewResult(j Job, status Status, reason string) Result {
 	ind := j.Indicator
 	ind.Type = clipUTF8(ind.Type, maxResultType)
 	if status == StatusInvalid {
 		ind.Value = clipUTF8(ind.Value, maxResultValue)
 	}
-	seq := j.Seq
-	if seq < 0 || seq > MaxSeq {
-		seq = 0
-	}
-	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: seq, Indicator: ind, Status: status, Reason: reason}
+	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: ind, Status: status, Reason: reason}
 }
 
 // Encode writes v as JSON without HTML escaping: a value of '<' stays one

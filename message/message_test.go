@@ -66,8 +66,8 @@ func TestJobsOverALimitParseAndAreAnsweredInvalid(t *testing.T) {
 		}
 		r := NewResult(j, StatusInvalid, j.Problem())
 		data, err := Encode(r)
-		if err != nil || len(data) > 4096 || r.Seq < 0 || r.Seq > MaxSeq {
-			t.Errorf("%s: result of %d bytes, seq %d, %v; want a small one", name, len(data), r.Seq, err)
+		if err != nil || len(data) > 4096 {
+			t.Errorf("%s: result of %d bytes, %v; want a small one", name, len(data), err)
 		}
 	}
 	if j, err := ParseJob("tqtriage.jobs.create", []byte(base(`,"reply_to":"tqtriage.results.victim","seq":3`))); err != nil || j.Problem() != "" {

@@ -25,47 +25,60 @@ import (
 	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/export"
+	"github.com/tqtriage/tqtriage/worker"
 )
 
 const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return runReplica(ctx, args, stdout, stderr, "worker", bus.RoleWorker, addTriage, func(s *settings) startFunc {
+	return runReplica(ctx, args, stdout, stderr, "worker", bus.RoleWorker, addTriage, func(s *settings) buildFunc {
 		t := readTriage(s)
-		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error) {
-			w, err := newWorker(ctx, t, b)
+		return func(ctx context.Context) (serveFunc, error) {
+			tc, err := pipeline.NewTriage(ctx, t.settings)
 			if err != nil {
 				return nil, err
 			}
-			log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
-			return func(ctx context.Context) error { return pipeline.ServeWorkers(ctx, b, w, log, m) }, nil
+			return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
+				w, err := worker.New(t.worker, tc, b)
+				if err != nil {
+					return err
+				}
+				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
+				return pipeline.ServeWorkers(ctx, b, w, log, m)
+			}, nil
 		}
 	})
 }
 
 func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addFlags := func(s *settings) { addThreatQ(s); addWriteback(s) }
-	return runReplica(ctx, args, stdout, stderr, "writeback", bus.RoleWriteback, addFlags, func(s *settings) startFunc {
+	return runReplica(ctx, args, stdout, stderr, "writeback", bus.RoleWriteback, addFlags, func(s *settings) buildFunc {
 		t := readThreatQ(s, "to write attributes back")
 		cfg := readWriteback(s, &t)
-		return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error) {
+		return func(ctx context.Context) (serveFunc, error) {
 			wr, err := newWriter(ctx, t, cfg)
 			if err != nil {
 				return nil, err
 			}
-			log.Info().Int("concurrency", cfg.Concurrency).Msg("write-back started")
-			return func(ctx context.Context) error { return pipeline.ServeWriteback(ctx, b, wr, log, m) }, nil
+			return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
+				log.Info().Int("concurrency", cfg.Concurrency).Msg("write-back started")
+				return pipeline.ServeWriteback(ctx, b, wr, log, m)
+			}, nil
 		}
 	})
 }
 
-// startFunc builds a replica on a connected bus and returns what serves it
-// until its context ends.
-type startFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) (func(context.Context) error, error)
+// A replica is built in two steps: its remote service's client from the
+// settings (so that a bad address or secret fails before NATS is tried),
+// then its service on the connected bus, which serves until ctx ends.
+type (
+	buildFunc func(ctx context.Context) (serveFunc, error)
+	serveFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error
+)
 
 // runReplica is what the worker and write-back commands share: settings,
 // logger, NATS, the HTTP endpoints, serving until a signal.
-func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, name string, role bus.Role, addFlags func(*settings), read func(*settings) startFunc) error {
+func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, name string, role bus.Role, addFlags func(*settings), read func(*settings) buildFunc) error {
 	s := newSettings(name, name+" [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addFlags(s)
@@ -75,9 +88,13 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	if err != nil {
 		return err
 	}
-	start := read(s)
+	build := read(s)
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
+	}
+	serve, err := build(ctx)
+	if err != nil {
+		return err
 	}
 	b, err := connect(ctx, s, log, role)
 	if err != nil {
@@ -85,16 +102,12 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	}
 	defer b.Close()
 	reg := prometheus.NewRegistry()
-	serve, err := start(ctx, b, log, bus.NewMetrics(reg))
-	if err != nil {
-		return err
-	}
 	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), reg, natsReady(b), log)
 	if err != nil {
 		return err
 	}
 	defer stopHTTP()
-	err = serve(ctx)
+	err = serve(ctx, b, log, bus.NewMetrics(reg))
 	log.Info().Msg(strings.Replace(name, "writeback", "write-back", 1) + " stopped")
 	return err
 }
