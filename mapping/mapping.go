@@ -46,6 +46,11 @@ const (
 	AttrThreatSource = "Threat Source"
 )
 
+// Written reports whether name is one of the attributes tqtriage writes.
+func Written(name string) bool {
+	return name == AttrID || name == AttrThreatLevel || name == AttrThreatSource
+}
+
 // Triage refuses shorter threat values; a longer value than maxValueLen is
 // refused here, as no indicator of these types is that long in practice and
 // a message or request body must stay bounded.

@@ -132,6 +132,11 @@ type Job struct {
 	ThreatSource string    `json:"threat_source,omitempty"`
 	Upsert       bool      `json:"upsert,omitempty"`
 	ReplyTo      string    `json:"reply_to,omitempty"`
+	// ThreatQAttributes are the attributes the ThreatQ indicator holds
+	// already, of the names tqtriage writes (its Triage ID, Threat Level,
+	// Threat Source), with their row ids: an update finds its Triage
+	// indicator by that ID. Optional: a job without them is looked up.
+	ThreatQAttributes []Attribute `json:"threatq_attributes,omitempty"`
 
 	problem string // set by ParseJob: see Problem
 }
@@ -147,10 +152,23 @@ type TriageIndicator struct {
 	UpdatedAt    string `json:"updated_at,omitempty"`
 }
 
-// Attribute is a name/value to write onto the ThreatQ indicator.
+// Attribute is a name/value of a ThreatQ indicator: to write onto it (in a
+// result), or held by it already (in a job, with its row ID).
 type Attribute struct {
+	ID    int64  `json:"id,omitempty"`
 	Name  string `json:"name"`
 	Value string `json:"value"`
+}
+
+// Attribute returns the value of the first of the job's ThreatQ attributes
+// named name, or "".
+func (j Job) Attribute(name string) string {
+	for _, a := range j.ThreatQAttributes {
+		if a.Name == name {
+			return a.Value
+		}
+	}
+	return ""
 }
 
 // Result is the one answer to one job.
@@ -238,6 +256,8 @@ const (
 	MaxLevelBytes    = 32
 	MaxSourceBytes   = 256
 	MaxSeq           = 1_000_000_000
+	MaxAttributes    = 16  // threatq_attributes
+	MaxAttrBytes     = 256 // an attribute's name, and its value
 	maxReplyToBytes  = len(ResultsPrefix) + MaxRunIDLen
 	maxQuotedInError = 80
 )
@@ -314,6 +334,13 @@ func (j *Job) check() string {
 		return over("threat_level", len(j.ThreatLevel), MaxLevelBytes)
 	case len(j.ThreatSource) > MaxSourceBytes:
 		return over("threat_source", len(j.ThreatSource), MaxSourceBytes)
+	case len(j.ThreatQAttributes) > MaxAttributes:
+		return fmt.Sprintf("threatq_attributes has %d entries; at most %d are accepted", len(j.ThreatQAttributes), MaxAttributes)
+	}
+	for _, a := range j.ThreatQAttributes {
+		if len(a.Name) > MaxAttrBytes || len(a.Value) > MaxAttrBytes {
+			return fmt.Sprintf("an attribute of threatq_attributes is over %d bytes", MaxAttrBytes)
+		}
 	}
 	return ""
 }

@@ -34,8 +34,11 @@ type Options struct {
 // about the source (not Skip: publishing stops).
 type Item struct {
 	Indicator message.Indicator
-	Err       error
-	Skip      bool // Err concerns this item only; go on
+	// Attributes are what ThreatQ holds already of the attributes
+	// tqtriage writes (the job's threatq_attributes).
+	Attributes []message.Attribute
+	Err        error
+	Skip       bool // Err concerns this item only; go on
 }
 
 // Publish sends the jobs of one run, one per indicator on
@@ -144,7 +147,8 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 			V: message.Version, RunID: runID, Action: o.Action, Seq: res.seq,
 			Indicator:   it.Indicator,
 			ThreatLevel: o.ThreatLevel, ThreatSource: o.ThreatSource, Upsert: o.Upsert,
-			ReplyTo: message.ResultSubject(runID),
+			ReplyTo:           message.ResultSubject(runID),
+			ThreatQAttributes: it.Attributes,
 		}
 		data, err := message.Encode(job)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -77,7 +78,7 @@ func TestPublishSendsOneNumberedJobPerIndicatorAndRecordsTheTotal(t *testing.T) 
 	for i, j := range jobs {
 		want := message.Job{V: message.Version, RunID: "run-a", Action: message.ActionUpdate, Seq: int64(i + 1), Indicator: ind(int64(11 + i)).Indicator,
 			ThreatLevel: "Suspicious", ThreatSource: "Feed", Upsert: true, ReplyTo: message.ResultSubject("run-a")}
-		if j != want {
+		if !reflect.DeepEqual(j, want) {
 			t.Errorf("job %d = %+v; want %+v", i+1, j, want)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"iter"
 
+	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/export"
@@ -25,11 +26,26 @@ func FromCollection(ctx context.Context, c Collection, hash string, pageSize int
 				yield(Item{Err: err})
 				return
 			}
-			if !yield(Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}}) {
+			if !yield(itemOf(ind)) {
 				return
 			}
 		}
 	}
+}
+
+// itemOf is the item of a ThreatQ indicator, with the attributes it holds
+// of those tqtriage writes (its Triage ID among them), bounded.
+func itemOf(ind threatq.Indicator) Item {
+	it := Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}}
+	for _, a := range ind.Attributes {
+		if len(it.Attributes) == message.MaxAttributes {
+			break
+		}
+		if mapping.Written(a.Name) && len(a.Value) <= message.MaxAttrBytes {
+			it.Attributes = append(it.Attributes, message.Attribute{ID: a.ID, Name: a.Name, Value: a.Value})
+		}
+	}
+	return it
 }
 
 // FromExport yields the indicators of an export file; a bad line is an
@@ -52,7 +68,7 @@ func FromExport(r *export.Reader) iter.Seq[Item] {
 				yield(Item{Err: err})
 				return
 			}
-			if !yield(Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}}) {
+			if !yield(itemOf(ind)) {
 				return
 			}
 		}

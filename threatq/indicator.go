@@ -11,11 +11,20 @@ import "github.com/tqtriage/tqtriage/threatq/internal/wire"
 // object {"id","name","class"}; "id" may be a number or a string holding
 // one. Decoding does not check that the fields are present: callers decide
 // what an incomplete indicator means.
+//
+// Attributes are the attribute rows the indicator object embeds, when it
+// does (a collection page does): what ThreatQ holds already, so that a
+// later step need not ask again.
 type Indicator struct {
-	ID    int64  `json:"id"`
-	Type  string `json:"type"`
-	Value string `json:"value"`
+	ID         int64          `json:"id"`
+	Type       string         `json:"type"`
+	Value      string         `json:"value"`
+	Attributes []AttributeRow `json:"attributes,omitempty"`
 }
+
+// AttributeRow is one attribute of an indicator as ThreatQ holds it: the
+// row's id (to change it in place), name and value.
+type AttributeRow = wire.IndicatorAttribute
 
 // UnmarshalJSON implements json.Unmarshaler with the tolerance described on
 // Indicator: the client's own decoding of a page's indicators.

@@ -71,7 +71,7 @@ func BenchmarkFindIndicator(b *testing.B) {
 		ctx := context.Background()
 		for pb.Next() {
 			v := fmt.Sprintf("%064x", n.Add(1)%int64(len(seed)))
-			if _, err := c.FindIndicator(ctx, "SHA256", v); err != nil {
+			if _, err := c.FindIndicator(ctx, "SHA256", v, ""); err != nil {
 				b.Error(err)
 				return
 			}

@@ -51,7 +51,7 @@ func (v viaRetry) update(ctx context.Context, id, level, source string) error {
 }
 
 func (v viaRetry) find(ctx context.Context, threatType, value string) error {
-	return v.run(ctx, func(ctx context.Context) error { _, err := v.c.FindIndicator(ctx, threatType, value); return err })
+	return v.run(ctx, func(ctx context.Context) error { _, err := v.c.FindIndicator(ctx, threatType, value, ""); return err })
 }
 
 func (v viaRetry) ping(ctx context.Context) error { return v.run(ctx, v.c.Ping) }
@@ -269,7 +269,7 @@ func TestCreateTwiceAnswersDuplicate(t *testing.T) {
 	if st := e.sim.Stats(); st.Requests[triagesim.EndpointCreate] != 2 {
 		t.Fatalf("a duplicate must not be retried: %d creates sent", st.Requests[triagesim.EndpointCreate])
 	}
-	found, err := e.client.FindIndicator(ctx, "SHA256", sha(2))
+	found, err := e.client.FindIndicator(ctx, "SHA256", sha(2), "")
 	if err != nil || found.ID != first.ID {
 		t.Fatalf("FindIndicator = %+v, %v; want id %s", found, err, first.ID)
 	}
@@ -572,7 +572,7 @@ func TestClientSendsJSONAPIMediaTypes(t *testing.T) {
 	if _, err := e.client.GetIndicator(ctx, in.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.FindIndicator(ctx, "SHA256", sha(15)); err != nil {
+	if _, err := e.client.FindIndicator(ctx, "SHA256", sha(15), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.client.Ping(ctx); err != nil {
@@ -751,7 +751,7 @@ func TestFindIndicatorEncodesValues(t *testing.T) {
 		ids[v] = in.ID
 	}
 	for _, v := range values {
-		in, err := e.client.FindIndicator(ctx, "URL", v)
+		in, err := e.client.FindIndicator(ctx, "URL", v, "")
 		if err != nil {
 			t.Fatalf("find %q: %v", v, err)
 		}
@@ -759,10 +759,10 @@ func TestFindIndicatorEncodesValues(t *testing.T) {
 			t.Fatalf("find %q = %+v, want id %s", v, in, ids[v])
 		}
 	}
-	if _, err := e.client.FindIndicator(ctx, "Hostname", values[0]); !errors.Is(err, triage.ErrNotFound) {
+	if _, err := e.client.FindIndicator(ctx, "Hostname", values[0], ""); !errors.Is(err, triage.ErrNotFound) {
 		t.Fatalf("another type: %v", err)
 	}
-	if _, err := e.client.FindIndicator(ctx, "URL", "http://a.example/comma,other"); !errors.Is(err, triage.ErrNotFound) {
+	if _, err := e.client.FindIndicator(ctx, "URL", "http://a.example/comma,other", ""); !errors.Is(err, triage.ErrNotFound) {
 		t.Fatalf("a comma value that does not exist: %v", err)
 	}
 }

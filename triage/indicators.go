@@ -113,14 +113,19 @@ func (c *Client) indicator(ctx context.Context, k call) (*Indicator, error) {
 	return in, nil
 }
 
-// FindIndicator returns the indicator of threatType (Triage's name: SHA256,
-// Hostname, …) and value, or an error matching ErrNotFound.
+// FindIndicator returns the first indicator (oldest first) of threatType
+// (Triage's name: SHA256, Hostname, …) and value whose source is source, or
+// of any source when source is empty; or an error matching ErrNotFound.
+// Triage keeps one indicator per type, value and source, so a value may be
+// held several times, once per source: a caller that means its own asks
+// with its source.
 //
-// Triage ORs the comma-separated parts of a filter value, so a value with a
-// comma cannot be filtered for exactly; it is then looked for among the
-// indicators whose value starts with its part before the first comma. In
-// every case only an exact match of both type and value is returned.
-func (c *Client) FindIndicator(ctx context.Context, threatType, value string) (*Indicator, error) {
+// Triage ORs the comma-separated parts of a filter value, so a value (or
+// source) with a comma cannot be filtered for exactly; it is then looked
+// for among the indicators whose value starts with its part before the
+// first comma (or of any source). In every case only an exact match of
+// type, value and (when given) source is returned.
+func (c *Client) FindIndicator(ctx context.Context, threatType, value, source string) (*Indicator, error) {
 	if threatType == "" || value == "" {
 		return nil, errors.New("triage: find indicator: type and value are required")
 	}
@@ -131,16 +136,22 @@ func (c *Client) FindIndicator(ctx context.Context, threatType, value string) (*
 			opts.Filters = map[string]string{"threat_value_start": prefix}
 		}
 	}
+	if !strings.Contains(source, ",") {
+		opts.ThreatSource = source
+	}
 	for in, err := range c.ListIndicators(ctx, opts) {
 		if err != nil {
 			return nil, err
 		}
-		if in.ThreatType == threatType && in.ThreatValue == value {
+		if in.ThreatType == threatType && in.ThreatValue == value && (source == "" || in.ThreatSource == source) {
 			return in, nil
 		}
 	}
-	return nil, &Error{Kind: KindNotFound, Method: http.MethodGet, Path: indicatorsPath,
-		Messages: []string{fmt.Sprintf("no %s indicator with value %q", threatType, value)}}
+	what := fmt.Sprintf("no %s indicator with value %q", threatType, value)
+	if source != "" {
+		what += fmt.Sprintf(" from source %q", source)
+	}
+	return nil, &Error{Kind: KindNotFound, Method: http.MethodGet, Path: indicatorsPath, Messages: []string{what}}
 }
 
 // ListOptions select and order the indicators ListIndicators returns. Empty

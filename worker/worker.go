@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,7 +31,9 @@ import (
 type Triage interface {
 	CreateIndicator(ctx context.Context, in triage.NewIndicator) (*triage.Indicator, error)
 	UpdateIndicator(ctx context.Context, id, level, source string) (*triage.Indicator, error)
-	FindIndicator(ctx context.Context, threatType, value string) (*triage.Indicator, error)
+	// FindIndicator finds the indicator of a type and value from source
+	// ("": any source).
+	FindIndicator(ctx context.Context, threatType, value, source string) (*triage.Indicator, error)
 }
 
 // Claims admits an indicator into its run's objects-per-run cap.
@@ -240,7 +244,7 @@ func (w *Worker) call(ctx context.Context, job message.Job, ind mapping.Indicato
 	if job.Action == message.ActionCreate {
 		return w.create(ctx, ind, level, source)
 	}
-	found, err := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue)
+	updated, err := w.update(ctx, job, ind, level, source)
 	if errors.Is(err, triage.ErrNotFound) {
 		if !job.Upsert {
 			return message.StatusNotFound, nil, nil
@@ -248,17 +252,16 @@ func (w *Worker) call(ctx context.Context, job message.Job, ind mapping.Indicato
 		return w.create(ctx, ind, level, source)
 	}
 	if err != nil {
-		return "", nil, fmt.Errorf("find indicator: %w", err)
-	}
-	updated, err := w.triage.UpdateIndicator(ctx, found.ID, level, source)
-	if err != nil {
-		return "", nil, fmt.Errorf("update indicator %s: %w", found.ID, err)
+		return "", nil, err
 	}
 	return message.StatusUpdated, updated, nil
 }
 
 // create creates the indicator, or finds it when Triage says it exists:
-// running create twice is not an error (the seed's known failure).
+// running create twice is not an error (the seed's known failure). The one
+// found is ours (of this source) when Triage keeps one indicator per
+// source; when it keeps one per value, it is the one there, whatever its
+// source, answered exists and left unchanged.
 func (w *Worker) create(ctx context.Context, ind mapping.Indicator, level, source string) (message.Status, *triage.Indicator, error) {
 	created, err := w.triage.CreateIndicator(ctx, triage.NewIndicator{ThreatLevel: level, ThreatType: ind.ThreatType, ThreatValue: ind.ThreatValue, ThreatSource: source})
 	if err == nil {
@@ -267,7 +270,10 @@ func (w *Worker) create(ctx context.Context, ind mapping.Indicator, level, sourc
 	if !errors.Is(err, triage.ErrDuplicate) {
 		return "", nil, fmt.Errorf("create indicator: %w", err)
 	}
-	found, err := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue)
+	found, err := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, source)
+	if errors.Is(err, triage.ErrNotFound) {
+		found, err = w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, "")
+	}
 	if err != nil {
 		if errors.Is(err, triage.ErrNotFound) {
 			// Triage said it exists, then did not find it (deleted in
@@ -277,6 +283,80 @@ func (w *Worker) create(ctx context.Context, ind mapping.Indicator, level, sourc
 		return "", nil, fmt.Errorf("look up existing indicator: %w", err)
 	}
 	return message.StatusExists, found, nil
+}
+
+// update sets the level and source of our Triage indicator of ind; an
+// error matching triage.ErrNotFound when there is none. Ours is, in order:
+//
+//   - the indicator of the Triage id that ThreatQ holds for this one (its
+//     ID attribute, written back at create), while it exists: updated by
+//     that id at once, without a lookup;
+//   - else the indicator of this type and value whose source is ours: the
+//     job's source, the worker's configured one, or the one ThreatQ
+//     recorded (the source an earlier update set).
+//
+// An indicator of another source is never changed: where Triage keeps
+// one per source, with only a foreign one present there is none of ours.
+func (w *Worker) update(ctx context.Context, job message.Job, ind mapping.Indicator, level, source string) (*triage.Indicator, error) {
+	if id := job.Attribute(mapping.AttrID); id != "" {
+		updated, err := w.put(ctx, id, ind, level, source)
+		switch {
+		case err == nil && updated.ThreatType == ind.ThreatType && updated.ThreatValue == ind.ThreatValue:
+			return updated, nil
+		case err == nil:
+			// The ID attribute named another indicator (edited by hand?):
+			// say so, and look for ours.
+			zerolog.Ctx(ctx).Error().Str("triage_id", id).Str("its_type", updated.ThreatType).
+				Msg("ThreatQ's ID attribute names a Triage indicator of another type or value; it was updated by that id; looking up this one's")
+		case !errors.Is(err, triage.ErrNotFound):
+			return nil, err
+		}
+	}
+	for _, src := range ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource)) {
+		found, err := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, src)
+		if errors.Is(err, triage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("find indicator: %w", err)
+		}
+		return w.put(ctx, found.ID, ind, level, source)
+	}
+	return nil, &triage.Error{Kind: triage.KindNotFound, Method: "GET", Path: "/threat_indicators",
+		Messages: []string{"no indicator of this type and value from " + strings.Join(ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource)), " or ")}}
+}
+
+// put sets level and source of indicator id. When the change of source
+// collides with an indicator of that source already there (Triage keeps
+// one per source), that one is ours: its level is set instead.
+func (w *Worker) put(ctx context.Context, id string, ind mapping.Indicator, level, source string) (*triage.Indicator, error) {
+	updated, err := w.triage.UpdateIndicator(ctx, id, level, source)
+	if !errors.Is(err, triage.ErrDuplicate) {
+		if err != nil {
+			return nil, fmt.Errorf("update indicator %s: %w", id, err)
+		}
+		return updated, nil
+	}
+	other, ferr := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, source)
+	if ferr != nil {
+		return nil, fmt.Errorf("update indicator %s: %w; and looking up the one of source %q: %w", id, err, source, ferr)
+	}
+	if updated, err = w.triage.UpdateIndicator(ctx, other.ID, level, source); err != nil {
+		return nil, fmt.Errorf("update indicator %s: %w", other.ID, err)
+	}
+	return updated, nil
+}
+
+// ourSources are the sources an indicator of ours may have, first the
+// one this job sets, without repeats or blanks.
+func ourSources(sources ...string) []string {
+	var out []string
+	for _, s := range sources {
+		if s != "" && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // retryable marks an error of the worker's own as worth another try.

@@ -87,8 +87,8 @@ func (f *fakeTriage) UpdateIndicator(_ context.Context, id, level, source string
 	return &triage.Indicator{ID: id, ThreatLevel: level, ThreatType: "MD5", ThreatValue: md5Value, ThreatSource: source}, nil
 }
 
-func (f *fakeTriage) FindIndicator(_ context.Context, threatType, value string) (*triage.Indicator, error) {
-	n := f.record(call{op: "find", threatType: threatType, valueOf: value})
+func (f *fakeTriage) FindIndicator(_ context.Context, threatType, value, source string) (*triage.Indicator, error) {
+	n := f.record(call{op: "find", threatType: threatType, valueOf: value, source: source})
 	if f.find != nil {
 		return f.find(n, threatType, value)
 	}
@@ -475,10 +475,10 @@ func TestUpdateErrorsReachTheExecutorWithTheirRetryability(t *testing.T) {
 			find:   func(int, string, string) (*triage.Indicator, error) { return &triage.Indicator{ID: "9"}, nil },
 			update: func(int, string, string, string) (*triage.Indicator, error) { return nil, serverError(503, 0) },
 		}, true},
-		{"update 404: deleted in between", &fakeTriage{
+		{"update 403", &fakeTriage{
 			find: func(int, string, string) (*triage.Indicator, error) { return &triage.Indicator{ID: "9"}, nil },
 			update: func(int, string, string, string) (*triage.Indicator, error) {
-				return nil, &triage.Error{Kind: triage.KindNotFound, StatusCode: 404, Method: "PATCH", Path: "/threat_indicators/9"}
+				return nil, &triage.Error{Kind: triage.KindClient, StatusCode: 403, Method: "PUT", Path: "/threat_indicators/9"}
 			},
 		}, false},
 	} {
@@ -489,6 +489,22 @@ func TestUpdateErrorsReachTheExecutorWithTheirRetryability(t *testing.T) {
 				t.Fatalf("outcome %s, error %v; want an error with retryable %v", out.Kind(), out.Error(), tc.retryable)
 			}
 		})
+	}
+}
+
+// TestAnIndicatorDeletedBetweenLookupAndUpdateIsNotFound: it is not in
+// Triage any more, which is what not_found says.
+func TestAnIndicatorDeletedBetweenLookupAndUpdateIsNotFound(t *testing.T) {
+	tr := &fakeTriage{
+		find: func(int, string, string) (*triage.Indicator, error) { return &triage.Indicator{ID: "9"}, nil },
+		update: func(int, string, string, string) (*triage.Indicator, error) {
+			return nil, &triage.Error{Kind: triage.KindNotFound, StatusCode: 404, Method: "PUT", Path: "/threat_indicators/9"}
+		},
+	}
+	w := newWorker(t, noRetry, tr, &fakeClaims{})
+	_, r := result(t, w.Handle(context.Background(), job(t, message.ActionUpdate, "MD5", md5Value), attempt))
+	if r.Status != message.StatusNotFound {
+		t.Fatalf("status %s; want not_found", r.Status)
 	}
 }
 
@@ -614,5 +630,127 @@ func TestCancelledDeliveryIsAnErrorNotAResult(t *testing.T) {
 	}
 	if n := len(tr.ops()); n != 1 {
 		t.Fatalf("%d Triage calls; a cancelled delivery must not try again", n)
+	}
+}
+
+// withAttrs gives a job the attributes its ThreatQ indicator holds.
+func withAttrs(kv ...string) func(*message.Job) {
+	return func(j *message.Job) {
+		for i := 0; i+1 < len(kv); i += 2 {
+			j.ThreatQAttributes = append(j.ThreatQAttributes, message.Attribute{ID: int64(100 + i), Name: kv[i], Value: kv[i+1]})
+		}
+	}
+}
+
+// TestUpdateTargetsOnlyOurIndicator covers the order in which update finds
+// the Triage indicator that is ours, and that it never takes another
+// source's.
+func TestUpdateTargetsOnlyOurIndicator(t *testing.T) {
+	ours := func(id, source string) *triage.Indicator {
+		return &triage.Indicator{ID: id, ThreatLevel: "Malicious", ThreatType: "MD5", ThreatValue: md5Value, ThreatSource: source}
+	}
+	for _, tc := range []struct {
+		name    string
+		edit    []func(*message.Job)
+		triage  *fakeTriage
+		status  message.Status
+		ops     []string
+		sources []string // of the finds, in order
+		putIDs  []string // of the updates, in order
+	}{
+		{
+			name: "the Triage id ThreatQ holds is updated at once, without a lookup",
+			edit: []func(*message.Job){withAttrs(mapping.AttrID, "325")}, triage: &fakeTriage{},
+			status: message.StatusUpdated, ops: []string{"update"}, putIDs: []string{"325"},
+		},
+		{
+			name: "a Triage id that is gone: ours is looked up by source",
+			edit: []func(*message.Job){withAttrs(mapping.AttrID, "325")},
+			triage: &fakeTriage{
+				update: func(n int, id, level, source string) (*triage.Indicator, error) {
+					if id == "325" {
+						return nil, &triage.Error{Kind: triage.KindNotFound, StatusCode: 404, Method: "PUT", Path: "/threat_indicators/325"}
+					}
+					return ours(id, source), nil
+				},
+				find: func(int, string, string) (*triage.Indicator, error) { return ours("9", "ThreatQ"), nil },
+			},
+			status: message.StatusUpdated, ops: []string{"update", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"325", "9"},
+		},
+		{
+			name:   "only another source's indicator: not found, and it is left alone",
+			triage: &fakeTriage{find: func(int, string, string) (*triage.Indicator, error) { return nil, errNotFound }},
+			status: message.StatusNotFound, ops: []string{"find"}, sources: []string{"ThreatQ"},
+		},
+		{
+			name: "the job's source, the configured one, and the one ThreatQ recorded are each ours",
+			edit: []func(*message.Job){func(j *message.Job) { j.ThreatSource = "SOC feed" }, withAttrs(mapping.AttrThreatSource, "Old feed")},
+			triage: &fakeTriage{find: func(n int, _, _ string) (*triage.Indicator, error) {
+				if n < 3 {
+					return nil, errNotFound
+				}
+				return ours("12", "Old feed"), nil
+			}},
+			status: message.StatusUpdated, ops: []string{"find", "find", "find", "update"},
+			sources: []string{"SOC feed", "ThreatQ", "Old feed"}, putIDs: []string{"12"},
+		},
+		{
+			name: "a change of source that collides: the indicator of that source is ours, its level is set",
+			edit: []func(*message.Job){withAttrs(mapping.AttrID, "325")},
+			triage: &fakeTriage{
+				update: func(n int, id, level, source string) (*triage.Indicator, error) {
+					if id == "325" {
+						return nil, &triage.Error{Kind: triage.KindDuplicate, StatusCode: 422, Method: "PUT", Path: "/threat_indicators/325", Messages: []string{"has already been taken"}}
+					}
+					return ours(id, source), nil
+				},
+				find: func(int, string, string) (*triage.Indicator, error) { return ours("44", "ThreatQ"), nil },
+			},
+			status: message.StatusUpdated, ops: []string{"update", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"325", "44"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorker(t, noRetry, tc.triage, &fakeClaims{})
+			_, r := result(t, w.Handle(context.Background(), job(t, message.ActionUpdate, "MD5", md5Value, tc.edit...), attempt))
+			if r.Status != tc.status || !slices.Equal(tc.triage.ops(), tc.ops) {
+				t.Fatalf("status %s after %v; want %s after %v", r.Status, tc.triage.ops(), tc.status, tc.ops)
+			}
+			var sources, puts []string
+			for _, c := range tc.triage.calls {
+				switch c.op {
+				case "find":
+					sources = append(sources, c.source)
+				case "update":
+					puts = append(puts, c.id)
+				}
+			}
+			if !slices.Equal(sources, tc.sources) || !slices.Equal(puts, tc.putIDs) {
+				t.Fatalf("finds by source %v, updates of %v; want %v and %v", sources, puts, tc.sources, tc.putIDs)
+			}
+		})
+	}
+}
+
+// TestCreateAgainFindsOursFirstThenWhateverIsThere: after a duplicate,
+// the indicator of our source; where Triage keeps one per value, the one
+// there, of another source, left unchanged.
+func TestCreateAgainFindsOursFirstThenWhateverIsThere(t *testing.T) {
+	foreign := &triage.Indicator{ID: "7", ThreatLevel: "Benign", ThreatType: "MD5", ThreatValue: md5Value, ThreatSource: "Triage-UI"}
+	tr := &fakeTriage{
+		create: func(int, triage.NewIndicator) (*triage.Indicator, error) { return nil, errDuplicate },
+		find: func(n int, _, _ string) (*triage.Indicator, error) {
+			if n == 1 {
+				return nil, errNotFound
+			}
+			return foreign, nil
+		},
+	}
+	w := newWorker(t, noRetry, tr, &fakeClaims{})
+	_, r := result(t, w.Handle(context.Background(), job(t, message.ActionCreate, "MD5", md5Value), attempt))
+	if r.Status != message.StatusExists || r.Triage == nil || r.Triage.ID != "7" || r.Triage.ThreatSource != "Triage-UI" {
+		t.Fatalf("result %+v; want exists with the foreign indicator as Triage has it", r)
+	}
+	if f1, f2 := tr.calls[1], tr.calls[2]; f1.source != "ThreatQ" || f2.source != "" || slices.Contains(tr.ops(), "update") {
+		t.Fatalf("lookups by %q then %q, ops %v; want ours first, then any, and no change", f1.source, f2.source, tr.ops())
 	}
 }

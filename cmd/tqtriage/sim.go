@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -89,11 +91,19 @@ func sampleInTriage(n int) int {
 }
 
 // seedSample loads the sample collection into ThreatQ and a few of its
-// indicators into Triage.
-func (s *sims) seedSample(n int) error {
+// indicators into Triage: some from tqtriage's own source, and, where
+// Triage keeps one indicator per source, a few of the same values from
+// another team's. It returns how many of those another team's are.
+func (s *sims) seedSample(n int) (int, error) {
 	s.threatq.AddCollection(sample.CollectionHash, sample.CollectionName, sample.Indicators(n))
-	_, err := s.triage.Seed(sample.InTriage()...)
-	return err
+	if _, err := s.triage.Seed(sample.InTriage()...); err != nil {
+		return 0, err
+	}
+	if s.triage.Options().Uniqueness != triagesim.UniquePerSource {
+		return 0, nil
+	}
+	seeded, err := s.triage.Seed(sample.FromOtherSource()...)
+	return len(seeded), err
 }
 
 func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -107,6 +117,7 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	s.add("triage-rate-limit", "SIM_TRIAGE_RATE_LIMIT", "0", "Triage: API requests a second before 429 (0: none)")
 	s.add("triage-retry-after", "SIM_TRIAGE_RETRY_AFTER", "0s", "Triage: Retry-After sent with a 429 (0: the refill time)")
 	s.add("triage-failure-rate", "SIM_TRIAGE_FAILURE_RATE", "0", "Triage: share of API requests answered 503 (0 to 1)")
+	s.add("triage-uniqueness", "SIM_TRIAGE_UNIQUENESS", "source", "Triage: one indicator per type, value and source (source), or per type and value (value)")
 	s.add("threatq-latency", "SIM_THREATQ_LATENCY", "0s", "ThreatQ: delay of every answer")
 	s.add("threatq-token-lifetime", "SIM_THREATQ_TOKEN_LIFETIME", "48h", "ThreatQ: access token lifetime")
 	s.add("threatq-error-rate", "SIM_THREATQ_ERROR_RATE", "0", "ThreatQ: share of API requests answered 5xx (0 to 1)")
@@ -120,6 +131,13 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Latency: s.duration("triage-latency"), LatencyJitter: s.duration("triage-latency-jitter"),
 		TokenLifetime: s.duration("triage-token-lifetime"), RateLimit: s.float("triage-rate-limit", 0),
 		RetryAfter: s.duration("triage-retry-after"), FailureRate: s.float("triage-failure-rate", 0),
+	}
+	switch s.str("triage-uniqueness") {
+	case "source":
+	case "value":
+		to.Uniqueness = triagesim.UniquePerValue
+	default:
+		s.errs = append(s.errs, fmt.Errorf("%s=%q: want source or value", s.name("triage-uniqueness"), s.str("triage-uniqueness")))
 	}
 	qo := threatqsim.Options{
 		Latency: s.duration("threatq-latency"), TokenLifetime: s.duration("threatq-token-lifetime"),
@@ -135,7 +153,7 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer sm.close()
 	if n > 0 {
-		if err := sm.seedSample(n); err != nil {
+		if _, err := sm.seedSample(n); err != nil {
 			return err
 		}
 	}
@@ -169,7 +187,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer sm.close()
-	if err := sm.seedSample(size); err != nil {
+	others, err := sm.seedSample(size)
+	if err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "tqtriage-demo-")
@@ -184,7 +203,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer stop()
 
 	fmt.Fprintf(stdout, "tqtriage demo: a ThreatQ collection of %d indicators (%q) goes to Cofense Triage.\n", size, sample.CollectionName)
-	fmt.Fprintf(stdout, "Simulators: Triage at %s (%d of the indicators already there), ThreatQ at %s; NATS JetStream embedded.\n\n", sm.triageURL, sampleInTriage(size), sm.threatqURL)
+	fmt.Fprintf(stdout, "Simulators: Triage at %s (%d of the indicators already there), ThreatQ at %s; NATS JetStream embedded.\n", sm.triageURL, sampleInTriage(size), sm.threatqURL)
+	fmt.Fprintf(stdout, "Another team's source (%s) holds %d of the same values in Triage; it keeps one indicator per source, so tqtriage leaves theirs alone.\n\n", sample.OtherSource, others)
 	failed := false
 	for _, step := range []struct {
 		title string
@@ -254,4 +274,13 @@ func (s *sims) showEnd(stdout io.Writer) {
 		}
 	}
 	fmt.Fprintf(stdout, "Triage holds %d threat indicators.\n", s.triage.Len())
+	var theirs []string
+	for _, in := range sample.FromOtherSource() {
+		if got, ok := s.triage.FindFrom(in.ThreatType, in.ThreatValue, in.ThreatSource); ok {
+			theirs = append(theirs, got.ThreatLevel)
+		}
+	}
+	if len(theirs) > 0 {
+		fmt.Fprintf(stdout, "The %d of %s are as they were: %s.\n", len(theirs), sample.OtherSource, strings.Join(slices.Compact(theirs), ", "))
+	}
 }

@@ -92,15 +92,36 @@ func fnv(prefix string, i int) uint64 {
 	return (h ^ uint64(i)) * 1099511628211
 }
 
-// InTriage returns the sample indicators that Triage already holds: the
-// first two of each type, as Triage spells the type, with another source,
-// so that a create answers exists for them.
+var triageType = map[string]string{"MD5": "MD5", "SHA-256": "SHA256", "URL": "URL", "FQDN": "Hostname"}
+
+// Source is tqtriage's default threat source; OtherSource is another
+// team's, in the same Triage.
+const (
+	Source      = "ThreatQ"
+	OtherSource = "Triage-UI"
+)
+
+// InTriage returns the sample indicators that Triage already holds from
+// tqtriage's own source, as an earlier run would have left them: the first
+// two of each type, as Triage spells the type. A create answers exists for
+// them.
 func InTriage() []triagesim.Indicator {
-	triageType := map[string]string{"MD5": "MD5", "SHA-256": "SHA256", "URL": "URL", "FQDN": "Hostname"}
 	var out []triagesim.Indicator
 	for i := 0; i < 8; i++ {
 		typ, value := valid(i)
-		out = append(out, triagesim.Indicator{ThreatLevel: "Suspicious", ThreatType: triageType[typ], ThreatValue: value, ThreatSource: "Triage-UI"})
+		out = append(out, triagesim.Indicator{ThreatLevel: "Suspicious", ThreatType: triageType[typ], ThreatValue: value, ThreatSource: Source})
+	}
+	return out
+}
+
+// FromOtherSource returns indicators of the same values as the first four
+// of InTriage, from another team's source: a Triage that keeps one
+// indicator per source holds both, and tqtriage leaves these alone.
+func FromOtherSource() []triagesim.Indicator {
+	var out []triagesim.Indicator
+	for i := 0; i < 4; i++ {
+		typ, value := valid(i)
+		out = append(out, triagesim.Indicator{ThreatLevel: "Benign", ThreatType: triageType[typ], ThreatValue: value, ThreatSource: OtherSource})
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -199,7 +200,7 @@ func equal(a, b []threatq.Indicator) bool {
 		return false
 	}
 	for i := range a {
-		if a[i] != b[i] {
+		if a[i].ID != b[i].ID || a[i].Type != b[i].Type || a[i].Value != b[i].Value || !slices.Equal(a[i].Attributes, b[i].Attributes) {
 			return false
 		}
 	}

@@ -192,8 +192,13 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		if p.Total != 4090 || p.Limit != 100 || p.NextCursorMark != "AoJ9z5LKnvwCJjEwNjk2Nw==" || len(p.Data) != 6 {
 			t.Fatalf("page %+v", p)
 		}
-		if want := (wire.Indicator{ID: 106767, Type: "IP Address", Value: "107.189.1.90"}); p.Data[0] != want {
-			t.Fatalf("first indicator %+v, want %+v", p.Data[0], want)
+		got := p.Data[0]
+		if got.ID != 106767 || got.Type != "IP Address" || got.Value != "107.189.1.90" {
+			t.Fatalf("first indicator %+v", got)
+		}
+		// The attribute rows come along, with their row ids.
+		if len(got.Attributes) == 0 || got.Attributes[0] != (wire.IndicatorAttribute{ID: 4893068, Name: "Contact", Value: got.Attributes[0].Value}) {
+			t.Fatalf("first indicator's attributes %+v", got.Attributes)
 		}
 	})
 	t.Run(`last page with "data": {}`, func(t *testing.T) {
@@ -210,7 +215,7 @@ func TestFixturesDecodeWithClientTypes(t *testing.T) {
 		if err := json.Unmarshal(fixture.Read(t, "threatq", "xsoar_indicators_query_response.json"), &p); err != nil {
 			t.Fatal(err)
 		}
-		if len(p.Data) != 1 || p.Data[0] != (wire.Indicator{ID: 2019, Type: "Email Address", Value: "foo@demisto.com"}) {
+		if len(p.Data) != 1 || p.Data[0].ID != 2019 || p.Data[0].Type != "Email Address" || p.Data[0].Value != "foo@demisto.com" {
 			t.Fatalf("page %+v", p)
 		}
 	})

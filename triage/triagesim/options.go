@@ -58,6 +58,14 @@ type Options struct {
 	FailureRate   float64
 	FailureStatus int
 
+	// Uniqueness is the rule a create (and a change of source) must keep:
+	// the zero value, UniquePerSource, is what Triage documents ("only one
+	// threat_type/threat_value pair per source"); UniquePerValue is a
+	// Triage that keeps one indicator per type and value whatever its
+	// source. A create or update that breaks it is answered 422 "has
+	// already been taken".
+	Uniqueness Uniqueness
+
 	// BaseURL (scheme://host[:port]) is what links start with; empty means
 	// the scheme and Host of each request.
 	BaseURL string
@@ -88,6 +96,26 @@ func (o Options) withDefaults() Options {
 	}
 	return o
 }
+
+// Uniqueness says which indicators Triage keeps apart.
+type Uniqueness int
+
+// The rules.
+const (
+	UniquePerSource Uniqueness = iota // one per type, value and source
+	UniquePerValue                    // one per type and value
+)
+
+// String names the rule as the sim command's flag does.
+func (u Uniqueness) String() string {
+	if u == UniquePerValue {
+		return "value"
+	}
+	return "source"
+}
+
+// SetUniqueness changes the rule; what the store holds already stays.
+func (s *Server) SetUniqueness(u Uniqueness) { s.change(func(o *Options) { o.Uniqueness = u }) }
 
 // settings is one immutable generation of the options, swapped whole so
 // that the request path reads them without a lock.

@@ -72,7 +72,7 @@ func (s *Server) Seed(in ...Indicator) ([]Indicator, error) {
 	out := make([]Indicator, 0, len(in))
 	now := s.now().UTC()
 	for _, ind := range in {
-		got, errs := s.store.create(ind, now)
+		got, errs := s.store.create(ind, now, s.settings.Load().Uniqueness)
 		if len(errs) > 0 {
 			return out, errors.New("triagesim: seed " + ind.ThreatType + " " + strconv.Quote(ind.ThreatValue) +
 				": " + errs[0].attr + " - " + errs[0].msg)
@@ -88,9 +88,16 @@ func (s *Server) Indicators() []Indicator { return s.store.all() }
 // Len is the number of indicators held.
 func (s *Server) Len() int { return s.store.len() }
 
-// Find returns the indicator of type and value, if there is one.
+// Find returns the first indicator of type and value, whatever its
+// source, if there is one.
 func (s *Server) Find(threatType, value string) (Indicator, bool) {
-	return s.store.find(threatType, value)
+	return s.store.find(threatType, value, "*")
+}
+
+// FindFrom returns the indicator of type and value whose source is source,
+// if there is one.
+func (s *Server) FindFrom(threatType, value, source string) (Indicator, bool) {
+	return s.store.find(threatType, value, source)
 }
 
 // Get returns the indicator of id, if there is one.
@@ -394,7 +401,7 @@ func (s *Server) serveCreate(w http.ResponseWriter, r *http.Request, st *setting
 	}
 	in, errs := s.store.create(Indicator{
 		ThreatLevel: attrs.level.val, ThreatType: attrs.typ.val, ThreatValue: attrs.value.val, ThreatSource: attrs.source.val,
-	}, s.now().UTC())
+	}, s.now().UTC(), st.Uniqueness)
 	if len(errs) > 0 {
 		s.unprocessable(w, errs)
 		return
@@ -422,7 +429,7 @@ func (s *Server) serveUpdate(w http.ResponseWriter, r *http.Request, st *setting
 		return
 	}
 	// A null level is a blank one, which validation refuses.
-	in, found, errs := s.store.update(n, attrs.level.ptr(), attrs.source.ptr(), s.now().UTC().Truncate(time.Millisecond))
+	in, found, errs := s.store.update(n, attrs.level.ptr(), attrs.source.ptr(), s.now().UTC().Truncate(time.Millisecond), st.Uniqueness)
 	switch {
 	case !found:
 		s.recordNotFound(w, id)

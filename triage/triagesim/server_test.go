@@ -587,3 +587,49 @@ func TestRequestBodyBound(t *testing.T) {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
 }
+
+func createFrom(level, typ, value, source string) string {
+	return `{"data":{"type":"threat_indicators","attributes":{"threat_level":"` + level + `","threat_type":"` + typ +
+		`","threat_value":"` + value + `","threat_source":"` + source + `"}}}`
+}
+
+// TestUniquenessPerSourceOrPerValue: by default Triage keeps one indicator
+// per type, value and source (as its documentation says of threat_source);
+// the other rule keeps one per type and value. A change of source that
+// would break the rule is refused like a create.
+func TestUniquenessPerSourceOrPerValue(t *testing.T) {
+	const taken = `{"errors":[{"title":"has already been taken","detail":"threat_value - has already been taken","code":"100","source":{"pointer":"/data/attributes/threat_value"},"status":"422"}]}`
+	for _, u := range []triagesim.Uniqueness{triagesim.UniquePerSource, triagesim.UniquePerValue} {
+		t.Run(u.String(), func(t *testing.T) {
+			e := newEnv(t, triagesim.Options{Uniqueness: u})
+			tok := e.token()
+			if r := e.api(tok, http.MethodPost, "/threat_indicators", createFrom("Malicious", "MD5", "abcd", "Triage-UI")); r.status != 201 {
+				t.Fatalf("first: %d %s", r.status, r.body)
+			}
+			r := e.api(tok, http.MethodPost, "/threat_indicators", createFrom("Malicious", "MD5", "abcd", "ThreatQ"))
+			if u == triagesim.UniquePerSource && r.status != 201 || u == triagesim.UniquePerValue && (r.status != 422 || string(r.body) != taken) {
+				t.Fatalf("the same value from another source: %d %s", r.status, r.body)
+			}
+			if r := e.api(tok, http.MethodPost, "/threat_indicators", createFrom("Benign", "MD5", "abcd", "Triage-UI")); r.status != 422 {
+				t.Fatalf("the same value and source again: %d %s", r.status, r.body)
+			}
+			if u == triagesim.UniquePerValue {
+				return
+			}
+			ours, _ := e.sim.FindFrom("MD5", "abcd", "ThreatQ")
+			theirs, _ := e.sim.FindFrom("MD5", "abcd", "Triage-UI")
+			r = e.api(tok, http.MethodPut, "/threat_indicators/"+ours.ID, `{"data":{"id":"`+ours.ID+`","type":"threat_indicators","attributes":{"threat_source":"Triage-UI"}}}`)
+			if r.status != 422 || string(r.body) != taken {
+				t.Fatalf("moving ours onto their source: %d %s", r.status, r.body)
+			}
+			list := e.api(tok, http.MethodGet, "/threat_indicators?filter[threat_type]=MD5&filter[threat_value]=abcd&filter[threat_source]=ThreatQ", "")
+			var page struct {
+				Data []struct{ ID string } `json:"data"`
+			}
+			_ = json.Unmarshal(list.body, &page)
+			if list.status != 200 || len(page.Data) != 1 || page.Data[0].ID != ours.ID || ours.ID == theirs.ID {
+				t.Fatalf("filtered by source: %d %s", list.status, list.body)
+			}
+		})
+	}
+}

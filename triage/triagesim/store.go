@@ -51,17 +51,31 @@ func (r *record) export() Indicator {
 
 // store indexes indicators by id and by type+value, so that create, get,
 // update and an exact find cost a map lookup whatever the store's size.
-// ordered (by id, ascending, append-only) serves unfiltered pages by slicing.
+// A type+value holds one indicator per source, or one in all (unique). The
+// records of a key are in id order. ordered (by id, ascending,
+// append-only) serves unfiltered pages by slicing.
 type store struct {
 	mu      sync.RWMutex
 	byID    map[int64]*record
-	byKey   map[key]*record
+	byKey   map[key][]*record
 	ordered []*record
 	lastID  int64
 }
 
 func newStore() *store {
-	return &store{byID: map[int64]*record{}, byKey: map[key]*record{}}
+	return &store{byID: map[int64]*record{}, byKey: map[key][]*record{}}
+}
+
+// taken reports whether an indicator of k may not be added (or moved to
+// source) beside the records already there, under rule u. except is the
+// record being changed, if any.
+func (s *store) taken(k key, source string, u Uniqueness, except *record) bool {
+	for _, r := range s.byKey[k] {
+		if r != except && (u == UniquePerValue || r.source == source) {
+			return true
+		}
+	}
+	return false
 }
 
 // validation errors, as jsonapi-resources words them.
@@ -105,7 +119,7 @@ func checkNew(in *Indicator) []fieldError {
 // its own times (Seed). Uniqueness is checked once the rest is valid, under
 // the same lock as the insert, so that of concurrent creates of one
 // type+value exactly one wins.
-func (s *store) create(in Indicator, now time.Time) (Indicator, []fieldError) {
+func (s *store) create(in Indicator, now time.Time, u Uniqueness) (Indicator, []fieldError) {
 	if errs := checkNew(&in); len(errs) > 0 {
 		return Indicator{}, errs
 	}
@@ -118,7 +132,7 @@ func (s *store) create(in Indicator, now time.Time) (Indicator, []fieldError) {
 	k := key{in.ThreatType, in.ThreatValue}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, taken := s.byKey[k]; taken {
+	if s.taken(k, in.ThreatSource, u, nil) {
 		return Indicator{}, []fieldError{{"threat_value", msgTaken}}
 	}
 	s.lastID++
@@ -127,13 +141,15 @@ func (s *store) create(in Indicator, now time.Time) (Indicator, []fieldError) {
 		created: in.CreatedAt.UTC().Truncate(time.Millisecond), updated: in.UpdatedAt.UTC().Truncate(time.Millisecond),
 	}
 	s.byID[r.id] = r
-	s.byKey[k] = r
+	s.byKey[k] = append(s.byKey[k], r)
 	s.ordered = append(s.ordered, r)
 	return r.export(), nil
 }
 
-// update sets level and/or source (nil: unchanged) of indicator id.
-func (s *store) update(id int64, level, source *string, now time.Time) (Indicator, bool, []fieldError) {
+// update sets level and/or source (nil: unchanged) of indicator id. A
+// source that another indicator of the same type and value holds already
+// is refused, as a create of it would be.
+func (s *store) update(id int64, level, source *string, now time.Time, u Uniqueness) (Indicator, bool, []fieldError) {
 	if level != nil {
 		if errs := checkLevel(*level, nil); len(errs) > 0 {
 			// Rails validates after the lookup; an unknown id is still 404.
@@ -148,6 +164,9 @@ func (s *store) update(id int64, level, source *string, now time.Time) (Indicato
 	r, ok := s.byID[id]
 	if !ok {
 		return Indicator{}, false, nil
+	}
+	if source != nil && *source != r.source && s.taken(key{r.typ, r.value}, *source, u, r) {
+		return Indicator{}, true, []fieldError{{"threat_value", msgTaken}}
 	}
 	changed := false
 	if level != nil && *level != r.level {
@@ -171,11 +190,15 @@ func (s *store) get(id int64) (Indicator, bool) {
 	return Indicator{}, false
 }
 
-func (s *store) find(typ, value string) (Indicator, bool) {
+// find returns the first indicator of typ and value (lowest id) whose
+// source is source, or of any source when source is "*".
+func (s *store) find(typ, value, source string) (Indicator, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if r, ok := s.byKey[key{typ, value}]; ok {
-		return r.export(), true
+	for _, r := range s.byKey[key{typ, value}] {
+		if source == "*" || r.source == source {
+			return r.export(), true
+		}
 	}
 	return Indicator{}, false
 }
@@ -213,8 +236,10 @@ func (s *store) page(q *query) ([]Indicator, int) {
 	case q.types != nil && q.values != nil:
 		for _, t := range q.types {
 			for _, v := range q.values {
-				if r, ok := s.byKey[key{t, v}]; ok && matchAll(r, q.filters) {
-					matched = append(matched, r)
+				for _, r := range s.byKey[key{t, v}] {
+					if matchAll(r, q.filters) {
+						matched = append(matched, r)
+					}
 				}
 			}
 		}

@@ -20,8 +20,17 @@ import (
 // converted from it: a field added to one must be added to the other, or
 // the conversion stops compiling.
 type Indicator struct {
+	ID         int64                `json:"id"`
+	Type       string               `json:"type"`
+	Value      string               `json:"value"`
+	Attributes []IndicatorAttribute `json:"attributes,omitempty"`
+}
+
+// IndicatorAttribute is one attribute row as an indicator object embeds it:
+// the row's id (to change it in place), its name and its value.
+type IndicatorAttribute struct {
 	ID    int64  `json:"id"`
-	Type  string `json:"type"`
+	Name  string `json:"name"`
 	Value string `json:"value"`
 }
 
@@ -40,13 +49,27 @@ func (in *Indicator) UnmarshalJSON(b []byte) error {
 // fields only: a custom decoder on the whole object would make
 // encoding/json scan every indicator of a page twice more.
 type indicatorFields struct {
+	ID         flexInt           `json:"id"`
+	Type       flexName          `json:"type"`
+	Value      FlexString        `json:"value"`
+	Attributes []attributeFields `json:"attributes"`
+}
+
+type attributeFields struct {
 	ID    flexInt    `json:"id"`
-	Type  flexName   `json:"type"`
+	Name  FlexString `json:"name"`
 	Value FlexString `json:"value"`
 }
 
 func (w indicatorFields) indicator() Indicator {
-	return Indicator{ID: int64(w.ID), Type: string(w.Type), Value: string(w.Value)}
+	in := Indicator{ID: int64(w.ID), Type: string(w.Type), Value: string(w.Value)}
+	if len(w.Attributes) > 0 {
+		in.Attributes = make([]IndicatorAttribute, len(w.Attributes))
+		for i, a := range w.Attributes {
+			in.Attributes[i] = IndicatorAttribute{ID: int64(a.ID), Name: string(a.Name), Value: string(a.Value)}
+		}
+	}
+	return in
 }
 
 // CollectionPage is one page of GET /api/indicators/query/hash/{hash}:
