@@ -147,6 +147,9 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) 
 	b := &Bus{cfg: cfg, log: log}
 	opts := []nats.Option{
 		nats.Name(cfg.Name),
+		// Answers come to an inbox of the role's own, so that the
+		// permission profiles can let each user read only its own.
+		nats.CustomInboxPrefix(InboxPrefix(cfg.Role)),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -202,6 +205,9 @@ func Connect(ctx context.Context, cfg Config, log zerolog.Logger) (*Bus, error) 
 	}
 	return b, nil
 }
+
+// InboxPrefix is the prefix of the subjects a role's answers come to.
+func InboxPrefix(r Role) string { return "_INBOX_" + string(r) }
 
 // Connected reports whether the connection is up, for health checks.
 func (b *Bus) Connected() bool { return b.nc.IsConnected() }

@@ -228,6 +228,10 @@ func (b *Bus) Replay(ctx context.Context, kind message.Letters, report func(d De
 // errNotReplayable marks a dead letter replay skips.
 var errNotReplayable = errors.New("not replayable")
 
+// NotReplayable reports whether err says a dead letter was skipped by
+// Replay as not replayable (rather than that replaying it failed).
+func NotReplayable(err error) bool { return errors.Is(err, errNotReplayable) }
+
 // replayTarget is where a dead letter of kind may be sent back, judged
 // from its data as much as from its headers.
 func replayTarget(kind message.Letters, d DeadLetter) (string, error) {

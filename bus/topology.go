@@ -38,7 +38,7 @@ func (r Role) check() error {
 
 // Limits bound what the streams may hold, so that a flood is refused at
 // publish with a clear error rather than filling the server's disk. Zero
-// fields take the defaults of DefaultLimits.
+// fields take the defaults of DefaultLimits; a negative one means none.
 type Limits struct {
 	JobsMaxMsgs     int64 // jobs waiting; new ones are refused beyond it
 	JobsMaxBytes    int64
@@ -60,6 +60,11 @@ var DefaultLimits = Limits{
 	DLQMaxBytes:     256 << 20,
 	ClaimsMaxBytes:  256 << 20,
 }
+
+// NoLimits leaves the streams unbounded but for message sizes: for a
+// server of the process's own (run, demo), where no one else publishes and
+// a run must never lose its results to a limit.
+var NoLimits = Limits{JobsMaxMsgs: -1, JobsMaxBytes: -1, ResultsMaxBytes: -1, DLQMaxBytes: -1, ClaimsMaxBytes: -1}
 
 func (l Limits) withDefaults() Limits {
 	def := func(v *int64, d int64) {

@@ -127,7 +127,8 @@ func TestEveryRoleWorksWithItsOwnUserAndNoMore(t *testing.T) {
 			return s.Purge(ctx)
 		}},
 	} {
-		nc, err := nats.Connect(url(string(c.role)))
+		// The role's own inbox, so that a refusal is of the act itself.
+		nc, err := nats.Connect(url(string(c.role)), nats.CustomInboxPrefix(bus.InboxPrefix(c.role)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,6 +141,25 @@ func TestEveryRoleWorksWithItsOwnUserAndNoMore(t *testing.T) {
 		}
 		nc.Close()
 	}
+	// No user reads the answers meant for another's inbox.
+	nc, err := nats.Connect(url("viewer"), nats.CustomInboxPrefix(bus.InboxPrefix(bus.RoleViewer)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := make(chan error, 1)
+	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { refused <- err })
+	if _, err := nc.Subscribe(bus.InboxPrefix(bus.RolePublisher)+".>", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-refused:
+		if !strings.Contains(err.Error(), "Permissions Violation for Subscription") {
+			t.Fatalf("viewer subscribing to the publisher's inbox: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a viewer may read the publisher's inbox")
+	}
+	nc.Close()
 	if tl, _, _ := run.Status(ctx, viewer, rec.ID); tl.Done() != 8 {
 		t.Fatalf("after the refused attempts the run shows %s", tl.Line(8))
 	}

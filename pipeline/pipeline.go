@@ -140,6 +140,11 @@ func Embedded(ctx context.Context, dir string, cfg bus.Config, log zerolog.Logge
 		return nil, nil, err
 	}
 	cfg.InProcess = srv
+	if cfg.Limits == (bus.Limits{}) {
+		// The server is this process's own: nothing to protect it from,
+		// and no storage to reserve.
+		cfg.Limits = bus.NoLimits
+	}
 	if b, err = bus.Connect(ctx, cfg, log); err != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()

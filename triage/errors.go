@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/internal/redact"
 	"github.com/tqtriage/tqtriage/triage/internal/wire"
 )
 
@@ -183,7 +184,7 @@ func CheckResponse(resp *http.Response, body []byte, method, path string) error 
 		// token must not travel to another host): name where it pointed.
 		e.Kind = KindBadResponse
 		if loc := resp.Header.Get("Location"); loc != "" {
-			e.Messages = []string{"unexpected redirect to " + clip(loc)}
+			e.Messages = []string{"unexpected redirect to " + redact.URL(clip(loc))}
 		}
 	}
 	if msgs := errorMessages(body); len(msgs) > 0 {

@@ -31,6 +31,7 @@ import (
 type Triage interface {
 	CreateIndicator(ctx context.Context, in triage.NewIndicator) (*triage.Indicator, error)
 	UpdateIndicator(ctx context.Context, id, level, source string) (*triage.Indicator, error)
+	GetIndicator(ctx context.Context, id string) (*triage.Indicator, error)
 	// FindIndicator finds the indicator of a type and value from source
 	// ("": any source).
 	FindIndicator(ctx context.Context, threatType, value, source string) (*triage.Indicator, error)
@@ -289,30 +290,30 @@ func (w *Worker) create(ctx context.Context, ind mapping.Indicator, level, sourc
 // error matching triage.ErrNotFound when there is none. Ours is, in order:
 //
 //   - the indicator of the Triage id that ThreatQ holds for this one (its
-//     ID attribute, written back at create), while it exists: updated by
-//     that id at once, without a lookup;
+//     ID attribute, written back at create), while it exists and is of
+//     this type and value: read by id rather than looked up;
 //   - else the indicator of this type and value whose source is ours: the
 //     job's source, the worker's configured one, or the one ThreatQ
 //     recorded (the source an earlier update set).
 //
-// An indicator of another source is never changed: where Triage keeps
+// An indicator of another source is not looked for: where Triage keeps
 // one per source, with only a foreign one present there is none of ours.
+// The id is read before it is written to because a job is input: its
+// attributes must not be able to point an update at any indicator.
 func (w *Worker) update(ctx context.Context, job message.Job, ind mapping.Indicator, level, source string) (*triage.Indicator, error) {
-	if id := job.Attribute(mapping.AttrID); id != "" {
-		updated, err := w.put(ctx, id, ind, level, source)
+	if id := knownTriageID(job); id != "" {
+		got, err := w.triage.GetIndicator(ctx, id)
 		switch {
-		case err == nil && updated.ThreatType == ind.ThreatType && updated.ThreatValue == ind.ThreatValue:
-			return updated, nil
+		case err == nil && got.ThreatType == ind.ThreatType && got.ThreatValue == ind.ThreatValue:
+			return w.put(ctx, got.ID, ind, level, source)
 		case err == nil:
-			// The ID attribute named another indicator (edited by hand?):
-			// say so, and look for ours.
-			zerolog.Ctx(ctx).Error().Str("triage_id", id).Str("its_type", updated.ThreatType).
-				Msg("ThreatQ's ID attribute names a Triage indicator of another type or value; it was updated by that id; looking up this one's")
+			zerolog.Ctx(ctx).Warn().Str("triage_id", id).Msg("ThreatQ's ID attribute names a Triage indicator of another type or value; looking up this one's")
 		case !errors.Is(err, triage.ErrNotFound):
-			return nil, err
+			return nil, fmt.Errorf("get indicator %s: %w", id, err)
 		}
 	}
-	for _, src := range ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource)) {
+	sources := ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource))
+	for _, src := range sources {
 		found, err := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, src)
 		if errors.Is(err, triage.ErrNotFound) {
 			continue
@@ -323,7 +324,17 @@ func (w *Worker) update(ctx context.Context, job message.Job, ind mapping.Indica
 		return w.put(ctx, found.ID, ind, level, source)
 	}
 	return nil, &triage.Error{Kind: triage.KindNotFound, Method: "GET", Path: "/threat_indicators",
-		Messages: []string{"no indicator of this type and value from " + strings.Join(ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource)), " or ")}}
+		Messages: []string{"no indicator of this type and value from " + strings.Join(sources, " or ")}}
+}
+
+// knownTriageID is the Triage id ThreatQ holds for the job's indicator, if
+// it looks like one (a Triage id is a number; anything else is ignored).
+func knownTriageID(job message.Job) string {
+	id := job.Attribute(mapping.AttrID)
+	if id == "" || len(id) > 20 || strings.Trim(id, "0123456789") != "" {
+		return ""
+	}
+	return id
 }
 
 // put sets level and source of indicator id. When the change of source

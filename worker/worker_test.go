@@ -56,6 +56,7 @@ type fakeTriage struct {
 	create func(n int, in triage.NewIndicator) (*triage.Indicator, error)
 	update func(n int, id, level, source string) (*triage.Indicator, error)
 	find   func(n int, threatType, value string) (*triage.Indicator, error)
+	get    func(n int, id string) (*triage.Indicator, error)
 }
 
 func (f *fakeTriage) record(c call) int {
@@ -85,6 +86,14 @@ func (f *fakeTriage) UpdateIndicator(_ context.Context, id, level, source string
 		return f.update(n, id, level, source)
 	}
 	return &triage.Indicator{ID: id, ThreatLevel: level, ThreatType: "MD5", ThreatValue: md5Value, ThreatSource: source}, nil
+}
+
+func (f *fakeTriage) GetIndicator(_ context.Context, id string) (*triage.Indicator, error) {
+	n := f.record(call{op: "get", id: id})
+	if f.get != nil {
+		return f.get(n, id)
+	}
+	return &triage.Indicator{ID: id, ThreatLevel: "Malicious", ThreatType: "MD5", ThreatValue: md5Value, ThreatSource: "ThreatQ"}, nil
 }
 
 func (f *fakeTriage) FindIndicator(_ context.Context, threatType, value, source string) (*triage.Indicator, error) {
@@ -659,23 +668,37 @@ func TestUpdateTargetsOnlyOurIndicator(t *testing.T) {
 		putIDs  []string // of the updates, in order
 	}{
 		{
-			name: "the Triage id ThreatQ holds is updated at once, without a lookup",
+			name: "the Triage id ThreatQ holds is read, then updated, without a lookup",
 			edit: []func(*message.Job){withAttrs(mapping.AttrID, "325")}, triage: &fakeTriage{},
-			status: message.StatusUpdated, ops: []string{"update"}, putIDs: []string{"325"},
+			status: message.StatusUpdated, ops: []string{"get", "update"}, putIDs: []string{"325"},
+		},
+		{
+			name: "a Triage id of another type or value (a forged attribute): ours is looked up, the other untouched",
+			edit: []func(*message.Job){withAttrs(mapping.AttrID, "666")},
+			triage: &fakeTriage{
+				get: func(int, string) (*triage.Indicator, error) {
+					return &triage.Indicator{ID: "666", ThreatType: "URL", ThreatValue: "https://victim.example/"}, nil
+				},
+				find: func(int, string, string) (*triage.Indicator, error) { return ours("9", "ThreatQ"), nil },
+			},
+			status: message.StatusUpdated, ops: []string{"get", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"9"},
+		},
+		{
+			name:   "a Triage id that is not a number is ignored",
+			edit:   []func(*message.Job){withAttrs(mapping.AttrID, "../../system/status")},
+			triage: &fakeTriage{find: func(int, string, string) (*triage.Indicator, error) { return ours("9", "ThreatQ"), nil }},
+			status: message.StatusUpdated, ops: []string{"find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"9"},
 		},
 		{
 			name: "a Triage id that is gone: ours is looked up by source",
 			edit: []func(*message.Job){withAttrs(mapping.AttrID, "325")},
 			triage: &fakeTriage{
-				update: func(n int, id, level, source string) (*triage.Indicator, error) {
-					if id == "325" {
-						return nil, &triage.Error{Kind: triage.KindNotFound, StatusCode: 404, Method: "PUT", Path: "/threat_indicators/325"}
-					}
-					return ours(id, source), nil
+				get: func(int, string) (*triage.Indicator, error) {
+					return nil, &triage.Error{Kind: triage.KindNotFound, StatusCode: 404, Method: "GET", Path: "/threat_indicators/325"}
 				},
 				find: func(int, string, string) (*triage.Indicator, error) { return ours("9", "ThreatQ"), nil },
 			},
-			status: message.StatusUpdated, ops: []string{"update", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"325", "9"},
+			status: message.StatusUpdated, ops: []string{"get", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"9"},
 		},
 		{
 			name:   "only another source's indicator: not found, and it is left alone",
@@ -706,7 +729,7 @@ func TestUpdateTargetsOnlyOurIndicator(t *testing.T) {
 				},
 				find: func(int, string, string) (*triage.Indicator, error) { return ours("44", "ThreatQ"), nil },
 			},
-			status: message.StatusUpdated, ops: []string{"update", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"325", "44"},
+			status: message.StatusUpdated, ops: []string{"get", "update", "find", "update"}, sources: []string{"ThreatQ"}, putIDs: []string{"325", "44"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -430,8 +430,11 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer b.Close()
 	if verb == "replay" {
 		n, err := b.Replay(ctx, kind, func(d bus.DeadLetter, err error) {
-			if err != nil {
+			switch {
+			case bus.NotReplayable(err):
 				fmt.Fprintf(stderr, "dead letter %d skipped: %s\n", d.Seq, termsafe.Line(err.Error()))
+			case err != nil:
+				fmt.Fprintf(stderr, "dead letter %d not replayed: %s\n", d.Seq, termsafe.Line(err.Error()))
 			}
 		})
 		fmt.Fprintf(stdout, "replayed %d dead letters\n", n.Replayed)
@@ -446,7 +449,7 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	n := 0
 	err = b.ListDLQ(ctx, kind, func(d bus.DeadLetter) bool {
 		n++
-		fmt.Fprintf(stdout, "%d\t%s\t%s\trun=%s\tdeliveries=%s\t%s\n\t%s\n", d.Seq, d.Time.Local().Format(time.DateTime), d.Subject,
+		fmt.Fprintf(stdout, "%d\t%s\t%s\trun=%s\tdeliveries=%s\t%s\n\t%s\n", d.Seq, d.Time.Local().Format(time.DateTime), termsafe.Line(d.Subject),
 			termsafe.Line(d.RunID), termsafe.Line(d.Deliveries), termsafe.Line(d.Reason), termsafe.Line(clip(string(d.Data), 300)))
 		return true
 	})
