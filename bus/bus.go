@@ -126,7 +126,7 @@ type Bus struct {
 	log zerolog.Logger
 
 	jobs, results, dlq, claims jetstream.Stream
-	runs, deliveries           jetstream.KeyValue
+	runs, deliveries, fleet    jetstream.KeyValue
 
 	claimMu     sync.Mutex
 	claimQueues map[string]*claimQueue // by run and limit: claims waiting for a commit

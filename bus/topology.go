@@ -97,6 +97,7 @@ const (
 	partClaims
 	partRuns
 	partDeliveries
+	partFleet
 	partWorkers   // the jobs' durable consumer
 	partWriteback // the results' durable consumer
 	numParts
@@ -104,18 +105,18 @@ const (
 
 var partNames = [numParts]string{
 	partJobs: StreamJobs, partResults: StreamResults, partDLQ: StreamDLQ, partClaims: StreamClaims,
-	partRuns: "bucket " + BucketRuns, partDeliveries: "bucket " + BucketDeliveries,
+	partRuns: "bucket " + BucketRuns, partDeliveries: "bucket " + BucketDeliveries, partFleet: "bucket " + BucketFleet,
 	partWorkers: "consumer " + ConsumerWorkers, partWriteback: "consumer " + ConsumerWriteback,
 }
 
 // roleParts are the parts each role opens: those it reads, and those it
 // writes to (a publish on a subject without its stream is lost).
 var roleParts = map[Role][]part{
-	RoleWorker:    {partJobs, partWorkers, partResults, partDLQ, partClaims, partDeliveries},
+	RoleWorker:    {partJobs, partWorkers, partResults, partDLQ, partClaims, partDeliveries, partFleet},
 	RoleWriteback: {partResults, partWriteback, partDLQ, partDeliveries},
 	RolePublisher: {partJobs, partResults, partRuns},
 	RoleViewer:    {partResults, partDLQ, partRuns},
-	RoleOperator:  {partJobs, partResults, partDLQ, partClaims, partRuns, partDeliveries, partWorkers, partWriteback},
+	RoleOperator:  {partJobs, partResults, partDLQ, partClaims, partRuns, partDeliveries, partFleet, partWorkers, partWriteback},
 }
 
 // open opens the parts of the role: each is looked up, and created when
@@ -167,6 +168,8 @@ func (b *Bus) ensure(ctx context.Context, p part, update bool) error {
 		b.runs, err = b.ensureKV(ctx, b.runsConfig(), update)
 	case partDeliveries:
 		b.deliveries, err = b.ensureKV(ctx, b.deliveriesConfig(), update)
+	case partFleet:
+		b.fleet, err = b.ensureKV(ctx, b.fleetConfig(), update)
 	case partWorkers:
 		err = b.ensureConsumer(ctx, StreamJobs, b.consumerConfig(ConsumerWorkers, message.JobsWildcard, "tqtriage worker replicas share it"), update)
 	case partWriteback:
@@ -332,6 +335,18 @@ func (b *Bus) deliveriesConfig() jetstream.KeyValueConfig {
 		Replicas:    b.cfg.Replicas,
 		TTL:         b.cfg.ResultsMaxAge,
 		MaxBytes:    kvMaxBytes,
+	}
+}
+
+func (b *Bus) fleetConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      BucketFleet,
+		Description: "tqtriage replicas sharing a budget (Triage's rate limit): their heartbeats, and the latest pause",
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    b.cfg.Replicas,
+		// Heartbeats of replicas long gone need not be kept.
+		TTL:      time.Minute,
+		MaxBytes: 1 << 20,
 	}
 }
 
