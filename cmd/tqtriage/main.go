@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/tqtriage/tqtriage/internal/termsafe"
@@ -52,7 +53,9 @@ func usageErr(format string, args ...any) error {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	stopProfile := startProfile(os.Getenv("TQTRIAGE_PPROF"))
 	err := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stopProfile()
 	if err == nil {
 		return
 	}
@@ -105,5 +108,32 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	default:
 		fmt.Fprint(stderr, usage)
 		return usageErr("unknown command %q", cmd)
+	}
+}
+
+// startProfile writes a CPU profile of the whole process to PREFIX.cpu,
+// and a heap profile at its end to PREFIX.heap, when TQTRIAGE_PPROF names a
+// PREFIX: for measuring a command as it really runs (go tool pprof).
+func startProfile(prefix string) func() {
+	if prefix == "" {
+		return func() {}
+	}
+	cpu, err := os.Create(prefix + ".cpu")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tqtriage: TQTRIAGE_PPROF:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(cpu); err != nil {
+		fmt.Fprintln(os.Stderr, "tqtriage: TQTRIAGE_PPROF:", err)
+		cpu.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		cpu.Close()
+		if heap, err := os.Create(prefix + ".heap"); err == nil {
+			_ = pprof.Lookup("allocs").WriteTo(heap, 0)
+			heap.Close()
+		}
 	}
 }

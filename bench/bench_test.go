@@ -1,0 +1,205 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/bus/bustest"
+	"github.com/tqtriage/tqtriage/message"
+	"github.com/tqtriage/tqtriage/run"
+	"github.com/tqtriage/tqtriage/triage/triagesim"
+)
+
+// runOnce is `tqtriage run` of the whole collection, created, with its
+// embedded server, measured.
+func runOnce(b *testing.B, s *sims, extra ...string) (proc, map[string]int) {
+	b.Helper()
+	env := s.env(append([]string{"TQTRIAGE_DATA_DIR", b.TempDir()}, extra...)...)
+	p := runTQ(b, env, "run", "--action", "create", "--collection", collection)
+	return p, counts(p.stdout)
+}
+
+// BenchmarkRunAgainstTriageLatency: `run` end to end (worker, write-back,
+// follower, embedded server) of 20,000 creates, Triage answering in 20 ms,
+// 64 jobs at once: the bound is 64 / 20 ms = 3,200 creates a second.
+func BenchmarkRunAgainstTriageLatency(b *testing.B) {
+	const n, conc, latency = 20000, 64, 20 * time.Millisecond
+	for range b.N {
+		s := startSims(b, triagesim.Options{Latency: latency}, n, "latency")
+		p, c := runOnce(b, s, "WORKER_CONCURRENCY", strconv.Itoa(conc), "WRITEBACK_CONCURRENCY", "32")
+		if c["created"] != n {
+			b.Fatalf("counts %v", c)
+		}
+		bound := float64(conc) / latency.Seconds()
+		rate := float64(n) / p.wall.Seconds()
+		b.ReportMetric(rate, "creates/s")
+		b.ReportMetric(rate/bound, "of-bound")
+		b.Logf("%d creates in %v: %.0f/s against a bound of %.0f/s: %.2f (target 0.85)", n, p.wall.Round(time.Millisecond), rate, bound, rate/bound)
+	}
+}
+
+// BenchmarkRunCPU: the CPU time of the whole `run` process per indicator,
+// with Triage and ThreatQ answering at once (target at most 300 µs), and
+// its peak resident memory.
+func BenchmarkRunCPU(b *testing.B) {
+	const n = 30000
+	for range b.N {
+		s := startSims(b, triagesim.Options{}, n, "cpu")
+		p, c := runOnce(b, s, "WORKER_CONCURRENCY", "64", "WRITEBACK_CONCURRENCY", "32")
+		if c["created"] != n {
+			b.Fatalf("counts %v", c)
+		}
+		per := float64(p.cpu.Microseconds()) / n
+		b.ReportMetric(per, "cpu-µs/indicator")
+		b.ReportMetric(float64(n)/p.wall.Seconds(), "indicators/s")
+		b.ReportMetric(mib(p.maxRSS), "peak-MiB")
+		b.Logf("%d indicators in %v (%.0f/s): %.0f µs of CPU each (target 300), peak RSS %.0f MiB",
+			n, p.wall.Round(time.Millisecond), float64(n)/p.wall.Seconds(), per, mib(p.maxRSS))
+	}
+}
+
+// BenchmarkRunMemory: peak resident memory of `run`, embedded server
+// included, as the run grows (target at most 96 MiB at 100,000, flat).
+func BenchmarkRunMemory(b *testing.B) {
+	for _, n := range []int{10000, 100000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			for range b.N {
+				s := startSims(b, triagesim.Options{}, n, "mem")
+				p, c := runOnce(b, s, "WORKER_CONCURRENCY", "64", "WRITEBACK_CONCURRENCY", "32")
+				if c["created"] != n {
+					b.Fatalf("counts %v", c)
+				}
+				b.ReportMetric(mib(p.maxRSS), "peak-MiB")
+				b.ReportMetric(float64(p.cpu.Microseconds())/float64(n), "cpu-µs/indicator")
+				b.Logf("%d indicators: peak RSS %.0f MiB (target 96), %v", n, mib(p.maxRSS), p.wall.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+// BenchmarkRunRateBound: Triage takes 200 requests a second;
+// TRIAGE_RATE_LIMIT says so. Target: at least 0.95 of it, under 1% of
+// requests answered 429, no job failed.
+func BenchmarkRunRateBound(b *testing.B) {
+	const n, limit = 3000, 200.0
+	for range b.N {
+		s := startSims(b, triagesim.Options{RateLimit: limit}, n, "rate")
+		p, c := runOnce(b, s, "WORKER_CONCURRENCY", "64", "TRIAGE_RATE_LIMIT", fmt.Sprint(limit))
+		st := s.triage.Stats()
+		if c["created"] != n || c["failed"] != 0 {
+			b.Fatalf("counts %v", c)
+		}
+		api := st.Total() - st.Requests[triagesim.EndpointToken]
+		rate := float64(n) / p.wall.Seconds()
+		share := 100 * float64(st.RateLimited) / float64(api)
+		b.ReportMetric(rate/limit, "of-limit")
+		b.ReportMetric(share, "%429")
+		b.Logf("%d creates in %v: %.1f/s against a limit of %.0f: %.2f (target 0.95); %d of %d requests answered 429 (%.2f%%, target < 1%%)",
+			n, p.wall.Round(time.Millisecond), rate, limit, rate/limit, st.RateLimited, api, share)
+	}
+}
+
+// workerFleet serves a run with `worker` processes on a JetStream server
+// of this process's own; it returns the publish-to-last-result time.
+func workerFleet(b *testing.B, s *sims, replicas, n int, env ...string) (time.Duration, []time.Duration) {
+	b.Helper()
+	srv := bustest.Server(b)
+	url := srv.ClientURL()
+	base := s.env(append([]string{"NATS_URL", url, "HTTP_ADDR", ""}, env...)...)
+	setup := runTQ(b, base, "setup")
+	_ = setup
+	var workers []*background
+	for range replicas {
+		workers = append(workers, startTQ(b, base, "worker"))
+	}
+	pub := bustest.Connect(b, srv, bus.Config{Role: bus.RoleOperator}, zerolog.Nop())
+	waitConsumers(b, url, replicas)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	items := func(yield func(run.Item) bool) {
+		for i, in := range s.inds {
+			if !yield(run.Item{Indicator: message.Indicator{ID: int64(i + 1), Type: in.Type, Value: in.Value}}) {
+				return
+			}
+		}
+	}
+	start := time.Now()
+	rec, err := run.Publish(ctx, pub, run.Options{Action: message.ActionCreate}, items, zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	tally, _, err := run.Follow(ctx, pub, rec.ID, run.FollowOptions{})
+	took := time.Since(start)
+	if err != nil || tally.Count(message.StatusCreated) != n {
+		b.Fatalf("run: %v, %s", err, tally.Line(int64(n)))
+	}
+	var cpu []time.Duration
+	for _, w := range workers {
+		c, _ := w.stop()
+		cpu = append(cpu, c)
+	}
+	return took, cpu
+}
+
+// waitConsumers waits until the workers' consumer has as many pulls
+// waiting as replicas: every worker is serving.
+func waitConsumers(b *testing.B, url string, replicas int) {
+	b.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := js.Consumer(context.Background(), bus.StreamJobs, bus.ConsumerWorkers)
+		if err == nil {
+			if info, err := c.Info(context.Background()); err == nil && info.NumWaiting >= replicas {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Fatalf("%d workers did not come up", replicas)
+}
+
+// BenchmarkScaleOut: Triage at 50 ms, 16 jobs at once per replica, one
+// then three worker processes. Target: three replicas reach at least 0.90
+// of three times one.
+func BenchmarkScaleOut(b *testing.B) {
+	const n, latency = 3000, 50 * time.Millisecond
+	for range b.N {
+		rates := map[int]float64{}
+		for _, replicas := range []int{1, 3} {
+			s := startSims(b, triagesim.Options{Latency: latency}, n, fmt.Sprint("scale", replicas))
+			took, _ := workerFleet(b, s, replicas, n, "WORKER_CONCURRENCY", "16")
+			rates[replicas] = float64(n) / took.Seconds()
+			b.Logf("%d replica(s): %d creates in %v: %.0f/s (bound %.0f/s)", replicas, n, took.Round(time.Millisecond), rates[replicas], float64(16*replicas)/latency.Seconds())
+		}
+		ratio := rates[3] / (3 * rates[1])
+		b.ReportMetric(ratio, "of-3x")
+		b.Logf("three replicas reach %.2f of three times one (target 0.90)", ratio)
+	}
+}
+
+// BenchmarkWorkerCPU: the CPU time of `worker` processes alone per job,
+// Triage answering at once (target at most 100 µs).
+func BenchmarkWorkerCPU(b *testing.B) {
+	const n = 20000
+	for range b.N {
+		s := startSims(b, triagesim.Options{}, n, "wcpu")
+		took, cpu := workerFleet(b, s, 1, n, "WORKER_CONCURRENCY", "64")
+		per := float64(cpu[0].Microseconds()) / n
+		b.ReportMetric(per, "worker-cpu-µs/job")
+		b.Logf("%d jobs in %v: the worker spent %.0f µs of CPU each (target 100)", n, took.Round(time.Millisecond), per)
+	}
+}
