@@ -526,6 +526,49 @@ func TestErrorBodiesOfBothShapesBecomeReadableErrors(t *testing.T) {
 	}
 }
 
+// TestErrorsInASuccessfulAnswerAreAFailure: a 2xx answer whose body
+// carries errors failed, as ThreatQuotient's SDK reads it; it is retried
+// only when its errors name a status that is worth another try.
+func TestErrorsInASuccessfulAnswerAreAFailure(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{})
+	id := oneIndicator(t, sim)
+	c := newClient(t, url, nil)
+	if err := c.Ping(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	attrs := []threatq.Attribute{{Name: "Threat Level", Value: "Malicious"}}
+
+	sim.ErrorsInOKNext(1, 0, "The indicator is locked.")
+	err := c.SetAttributes(t.Context(), id, attrs)
+	var e *threatq.Error
+	if !errors.As(err, &e) || !e.InBody || e.StatusCode != http.StatusOK || !errors.Is(err, threatq.ErrAnswerErrors) {
+		t.Fatalf("err %v, want a 200 with errors in its body", err)
+	}
+	if e.Retryable() || retry.IsRetryable(err) {
+		t.Fatalf("errors that name no status are retryable: %v", err)
+	}
+	if !strings.Contains(err.Error(), "200 OK with errors in its body: The indicator is locked.") {
+		t.Fatalf("error text %q", err)
+	}
+	if n := sim.Counts(); n.AttributeLists != 0 || n.InjectedFailures != 1 || len(sim.Attributes(id)) != 0 {
+		t.Fatalf("tried again or wrote: %+v", n)
+	}
+
+	// Errors that name a status worth another try are retried like it.
+	sim.ErrorsInOKNext(1, http.StatusServiceUnavailable, "Try again later")
+	if err := c.SetAttributes(t.Context(), id, attrs); err != nil {
+		t.Fatal(err)
+	}
+	if got := sim.Attributes(id); len(got) != 1 || got[0].Value != "Malicious" || sim.Counts().InjectedFailures != 2 {
+		t.Fatalf("attributes %+v, counts %+v", got, sim.Counts())
+	}
+	// ... and match that status's sentinel.
+	sim.ErrorsInOKNext(1, http.StatusNotFound, "gone")
+	if _, err := c.Attributes(t.Context(), id); !errors.Is(err, threatq.ErrNotFound) || !errors.Is(err, threatq.ErrAnswerErrors) || retry.IsRetryable(err) {
+		t.Fatalf("err %v", err)
+	}
+}
+
 func TestTokenFetchIsSingleFlight(t *testing.T) {
 	sim, url := startSim(t, threatqsim.Options{Latency: 20 * time.Millisecond})
 	id := oneIndicator(t, sim)

@@ -33,6 +33,9 @@ var (
 	ErrUnexpectedResponse = errors.New("threatq: unexpected response")
 	// ErrUnavailable: a 5xx answer or no answer at all (the transport failed).
 	ErrUnavailable = errors.New("threatq: unavailable")
+	// ErrAnswerErrors: a 2xx answer whose body carries errors, which
+	// ThreatQuotient's own SDK treats as a failure (docs/api.md).
+	ErrAnswerErrors = errors.New("threatq: errors in a successful answer")
 )
 
 // Error is a failed ThreatQ call: the request (method and path, never the
@@ -49,7 +52,12 @@ type Error struct {
 	Messages []string
 	// RetryAfterDelay is the server's Retry-After, when it sent one.
 	RetryAfterDelay time.Duration
-	Err             error
+	// InBody: the answer had a 2xx status, but its body carries errors
+	// (Messages). BodyStatus is an HTTP status those errors name, 0 when
+	// none does; it alone can make such a failure retryable.
+	InBody     bool
+	BodyStatus int
+	Err        error
 }
 
 func (e *Error) Error() string {
@@ -60,6 +68,12 @@ func (e *Error) Error() string {
 	b.WriteString(e.Path)
 	if e.StatusCode != 0 {
 		fmt.Fprintf(&b, ": %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	}
+	if e.InBody {
+		b.WriteString(" with errors in its body")
+		if e.BodyStatus != 0 {
+			fmt.Fprintf(&b, " (status %d)", e.BodyStatus)
+		}
 	}
 	if len(e.Messages) > 0 {
 		b.WriteString(": ")
@@ -74,8 +88,19 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is matches the sentinel of the status code.
+// Is matches the sentinel of the status code; an answer with errors in
+// its body matches ErrAnswerErrors, and the sentinel of the status its
+// errors name.
 func (e *Error) Is(target error) bool {
+	if e.InBody {
+		if target == ErrAnswerErrors {
+			return true
+		}
+		if e.BodyStatus == 0 {
+			return false
+		}
+		return (&Error{StatusCode: e.BodyStatus}).Is(target)
+	}
 	switch target {
 	case ErrUnauthorized:
 		return e.StatusCode == http.StatusUnauthorized
@@ -94,8 +119,13 @@ func (e *Error) Is(target error) bool {
 // Retryable reports whether the same request may succeed later: 408, 429,
 // 5xx other than 501 and 505, and the transport failures that
 // httpclient.TransportRetryable accepts (not a refused certificate, TLS to
-// a port without it, or the caller's own cancellation or deadline).
+// a port without it, or the caller's own cancellation or deadline). A 2xx
+// answer with errors in its body is retryable only when its errors name a
+// status that is.
 func (e *Error) Retryable() bool {
+	if e.InBody {
+		return e.BodyStatus != 0 && (&Error{StatusCode: e.BodyStatus}).Retryable()
+	}
 	switch {
 	case e.StatusCode == http.StatusRequestTimeout, e.StatusCode == http.StatusTooManyRequests:
 		return true

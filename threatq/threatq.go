@@ -301,6 +301,12 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 	if err != nil {
 		return &Error{StatusCode: resp.StatusCode, Method: method, Path: path, Err: &decodeError{err}}
 	}
+	// A 2xx answer may still say it failed: ThreatQuotient's SDK checks
+	// the body for errors, and so does this client (docs/api.md).
+	if msgs, status, found := wire.AnswerErrors(b); found {
+		return &Error{StatusCode: resp.StatusCode, Method: method, Path: path, Messages: c.mask(msgs),
+			InBody: true, BodyStatus: status, RetryAfterDelay: httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	}
 	if out == nil {
 		return nil
 	}

@@ -40,11 +40,15 @@ func (s *Server) gate(api bool, h func(w http.ResponseWriter, r *http.Request, s
 		s.mu.Lock()
 		latency, down, retryAfter := s.latency, s.down, s.retryAfter
 		fail := 0
+		var okErr *okError
 		if api {
 			switch {
 			case len(s.failNext) > 0:
 				fail = s.failNext[0]
 				s.failNext = s.failNext[1:]
+			case len(s.okErrors) > 0:
+				okErr = &s.okErrors[0]
+				s.okErrors = s.okErrors[1:]
 			case s.errorRate > 0 && s.rng.Float64() < s.errorRate:
 				fail = []int{500, 502, 503}[s.rng.IntN(3)]
 			}
@@ -62,6 +66,15 @@ func (s *Server) gate(api bool, h func(w http.ResponseWriter, r *http.Request, s
 				w.Header().Set("Retry-After", strconv.FormatInt(int64(max(time.Second, retryAfter)/time.Second), 10))
 			}
 			writeErrors(w, fail, http.StatusText(fail))
+			return
+		}
+		if okErr != nil && !down {
+			s.n.injected.Add(1)
+			if okErr.status != 0 {
+				writeJSON(w, http.StatusOK, map[string]any{"errors": []map[string]string{{"status": strconv.Itoa(okErr.status), "title": okErr.msg}}})
+			} else {
+				writeErrors(w, http.StatusOK, okErr.msg)
+			}
 			return
 		}
 		subject := ""

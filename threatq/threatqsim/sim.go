@@ -115,7 +115,7 @@ type Counts struct {
 	TokenRequests    int64
 	TokensIssued     int64
 	Unauthorized     int64 // API calls answered 401 (missing, lowercase, unknown or expired token)
-	InjectedFailures int64 // 5xx/429 answered by ErrorRate, FailNext or SetDown
+	InjectedFailures int64 // 5xx/429 answered by ErrorRate, FailNext or SetDown, and 200s with errors (ErrorsInOKNext)
 	CollectionPages  int64
 	CollectionNames  int64
 	IndicatorGets    int64
@@ -147,6 +147,7 @@ type Server struct {
 	maxPage       int
 	retryAfter    time.Duration
 	failNext      []int
+	okErrors      []okError
 	rng           *mrand.Rand
 
 	tokens  map[string]session // access token → who and until when
@@ -621,6 +622,25 @@ func (s *Server) FailNext(n int, status int) {
 	s.mu.Lock()
 	for range n {
 		s.failNext = append(s.failNext, status)
+	}
+	s.mu.Unlock()
+}
+
+// okError is one answer of ErrorsInOKNext.
+type okError struct {
+	status int
+	msg    string
+}
+
+// ErrorsInOKNext answers the next n API requests (the token endpoint
+// excepted) with 200 and a body that carries errors, doing nothing else,
+// as a ThreatQ may: {"errors":["msg"]}, or with status (not 0)
+// {"errors":[{"status":"<status>","title":"msg"}]}. They come after the
+// failures of FailNext.
+func (s *Server) ErrorsInOKNext(n, status int, msg string) {
+	s.mu.Lock()
+	for range n {
+		s.okErrors = append(s.okErrors, okError{status, msg})
 	}
 	s.mu.Unlock()
 }

@@ -1,8 +1,10 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/json"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -126,4 +128,91 @@ func snippet(s string) string {
 		s = s[:cut] + "…"
 	}
 	return s
+}
+
+// errorsKey is what a body must hold for AnswerErrors to look further: a
+// collection page of several MiB is not parsed a second time for nothing.
+var errorsKey = []byte(`"errors"`)
+
+// AnswerErrors reports the errors a successful (2xx) answer carries: a
+// non-empty top-level "errors", or a non-empty "errors" in an object
+// "data" (the two error shapes of ParseErrorBody). ThreatQuotient's own
+// SDK treats such an answer as a failure. msgs are the errors' messages
+// (at least one when found); status is an HTTP status that an error
+// object names in a "status" member (as JSON:API errors do), 0 when none
+// does.
+func AnswerErrors(body []byte) (msgs []string, status int, found bool) {
+	if !bytes.Contains(body, errorsKey) {
+		return nil, 0, false
+	}
+	var doc struct {
+		Errors json.RawMessage `json:"errors"`
+		Data   json.RawMessage `json:"data"`
+	}
+	if json.Unmarshal(body, &doc) != nil {
+		return nil, 0, false // not an object: the decoder will say so
+	}
+	raw := doc.Errors
+	if !nonEmpty(raw) {
+		raw = nil
+		if d := bytes.TrimSpace(doc.Data); len(d) > 0 && d[0] == '{' {
+			var inner struct {
+				Errors json.RawMessage `json:"errors"`
+			}
+			if json.Unmarshal(d, &inner) == nil && nonEmpty(inner.Errors) {
+				raw = inner.Errors
+			}
+		}
+	}
+	if raw == nil {
+		return nil, 0, false
+	}
+	msgs = appendMessages(nil, "", raw)
+	if len(msgs) == 0 {
+		msgs = []string{snippet(string(raw))}
+	}
+	return msgs, namedStatus(raw), true
+}
+
+// nonEmpty reports whether raw is a value that says something: not
+// absent, null, false, "", [] or {}.
+func nonEmpty(raw json.RawMessage) bool {
+	switch s := string(bytes.TrimSpace(raw)); s {
+	case "", "null", "false", `""`:
+		return false
+	default:
+		if s[0] == '[' || s[0] == '{' {
+			var v []json.RawMessage
+			if s[0] == '[' && json.Unmarshal(raw, &v) == nil {
+				return len(v) > 0
+			}
+			var m map[string]json.RawMessage
+			if s[0] == '{' && json.Unmarshal(raw, &m) == nil {
+				return len(m) > 0
+			}
+		}
+		return true
+	}
+}
+
+// namedStatus is the first HTTP status (100 to 599) that an error object
+// of raw names in "status", as a number or a string; 0 when none does.
+func namedStatus(raw json.RawMessage) int {
+	var objs []json.RawMessage
+	if json.Unmarshal(raw, &objs) != nil {
+		objs = []json.RawMessage{raw}
+	}
+	for _, o := range objs {
+		var e struct {
+			Status json.RawMessage `json:"status"`
+		}
+		if json.Unmarshal(o, &e) != nil || len(e.Status) == 0 {
+			continue
+		}
+		s := strings.Trim(string(e.Status), `"`)
+		if n, err := strconv.Atoi(s); err == nil && n >= 100 && n <= 599 {
+			return n
+		}
+	}
+	return 0
 }

@@ -34,5 +34,6 @@ func FuzzDecodeDocuments(f *testing.F) {
 		var in Indicator
 		_ = json.Unmarshal(b, &in)
 		_ = ParseErrorBody(b)
+		_, _, _ = AnswerErrors(b)
 	})
 }
