@@ -108,6 +108,45 @@ func TestClientCredentialsTokenIsFetchedOnceAndCached(t *testing.T) {
 	}
 }
 
+// TestCollectionNameFallsBackToTheSavedSearches: without the unconfirmed
+// GET /api/search/query/{hash}, the name comes from listing the saved
+// searches (as ThreatQuotient's SDK finds it), a bounded number of pages.
+func TestCollectionNameFallsBackToTheSavedSearches(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{NoSearchByHash: true})
+	for i := range 700 {
+		sim.AddCollection(fmt.Sprintf("h%d", i), fmt.Sprintf("Collection %d", i), nil)
+	}
+	c := newClient(t, url, nil)
+
+	name, err := c.CollectionName(t.Context(), "h230")
+	if err != nil || name != "Collection 230" {
+		t.Fatalf("got %q, %v", name, err)
+	}
+	if n := sim.Counts(); n.CollectionNames != 0 || n.SearchLists != 3 {
+		t.Fatalf("counts %+v: want three pages of the listing", n)
+	}
+
+	// Beyond the bound it gives up: the name is optional.
+	sim.ResetCounts()
+	_, err = c.CollectionName(t.Context(), "h650")
+	if !errors.Is(err, threatq.ErrNotFound) || !strings.Contains(err.Error(), "among the first 500 listed") {
+		t.Fatalf("err %v", err)
+	}
+	if n := sim.Counts().SearchLists; n != 5 {
+		t.Fatalf("%d pages listed; want the bound of 5", n)
+	}
+
+	// With the endpoint, one request; without it, the listing again.
+	sim.SetSearchByHash(true)
+	sim.ResetCounts()
+	if name, err := c.CollectionName(t.Context(), "h650"); err != nil || name != "Collection 650" {
+		t.Fatalf("got %q, %v", name, err)
+	}
+	if n := sim.Counts(); n.CollectionNames != 1 || n.SearchLists != 0 {
+		t.Fatalf("counts %+v", n)
+	}
+}
+
 func TestPasswordGrant(t *testing.T) {
 	sim, url := startSim(t, threatqsim.Options{})
 	sim.AddCollection("abc", "From the password grant", nil)

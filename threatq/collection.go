@@ -85,12 +85,42 @@ func (c *Client) CollectionIndicators(ctx context.Context, hash string, pageSize
 	}
 }
 
+// Bounds of the saved-search listing that CollectionName falls back to.
+const (
+	searchPageSize = 100
+	searchMaxPages = 5
+)
+
 // CollectionName returns the name of the data collection hash, for logs
-// and reports.
+// and reports; callers treat it as optional. It asks
+// GET /api/search/query/{hash}?fields=name first: one request, but no
+// public source shows that call (docs/api.md). When that fails or names
+// nothing, it lists the saved searches (GET /api/search/query, the call
+// ThreatQuotient's SDK makes) and matches the hash, reading at most
+// searchMaxPages pages of searchPageSize.
 func (c *Client) CollectionName(ctx context.Context, hash string) (string, error) {
 	if hash == "" {
 		return "", fmt.Errorf("collection name: %w: empty collection hash", ErrInvalidArgument)
 	}
+	name, byHash := c.collectionNameByHash(ctx, hash)
+	if byHash == nil && name != "" {
+		return name, nil
+	}
+	if ctx.Err() != nil {
+		return "", fmt.Errorf("name of collection %s: %w", hash, byHash)
+	}
+	name, listed := c.collectionNameFromList(ctx, hash)
+	switch {
+	case listed == nil:
+		return name, nil
+	case byHash == nil:
+		return "", fmt.Errorf("name of collection %s: %w (by hash: no name)", hash, listed)
+	}
+	return "", fmt.Errorf("name of collection %s: %w (by hash: %w)", hash, listed, byHash)
+}
+
+// collectionNameByHash asks GET /api/search/query/{hash}?fields=name.
+func (c *Client) collectionNameByHash(ctx context.Context, hash string) (string, error) {
 	var doc struct {
 		Data json.RawMessage `json:"data"`
 	}
@@ -100,7 +130,7 @@ func (c *Client) CollectionName(ctx context.Context, hash string) (string, error
 		query:  url.Values{"fields": {"name"}},
 	}, &doc)
 	if err != nil {
-		return "", fmt.Errorf("name of collection %s: %w", hash, err)
+		return "", err
 	}
 	// "data" is one object; a list of one is accepted too.
 	var one struct {
@@ -111,9 +141,36 @@ func (c *Client) CollectionName(ctx context.Context, hash string) (string, error
 			Name wire.FlexString `json:"name"`
 		}
 		if err2 := json.Unmarshal(doc.Data, &list); err2 != nil || len(list) == 0 {
-			return "", fmt.Errorf("name of collection %s: %w: %w", hash, ErrUnexpectedResponse, err)
+			return "", fmt.Errorf("%w: %w", ErrUnexpectedResponse, err)
 		}
 		one.Name = list[0].Name
 	}
 	return string(one.Name), nil
+}
+
+// collectionNameFromList pages GET /api/search/query with limit and
+// offset until it finds hash, the list ends, or searchMaxPages were read.
+func (c *Client) collectionNameFromList(ctx context.Context, hash string) (string, error) {
+	read := 0
+	for page := 1; page <= searchMaxPages; page++ {
+		var l wire.SearchList
+		err := c.do(ctx, call{
+			method: http.MethodGet,
+			path:   "/api/search/query",
+			query:  url.Values{"limit": {strconv.Itoa(searchPageSize)}, "offset": {strconv.Itoa(read)}},
+		}, &l)
+		if err != nil {
+			return "", fmt.Errorf("list saved searches, page %d: %w", page, err)
+		}
+		for _, s := range l.Data {
+			if string(s.Hash) == hash {
+				return string(s.Name), nil
+			}
+		}
+		read += len(l.Data)
+		if len(l.Data) == 0 || (l.Total > 0 && int64(read) >= l.Total) {
+			return "", fmt.Errorf("%w: no saved search of this hash among the %d listed", ErrNotFound, read)
+		}
+	}
+	return "", fmt.Errorf("%w: no saved search of this hash among the first %d listed (the listing stops there)", ErrNotFound, read)
 }

@@ -188,6 +188,36 @@ func TestCollectionName(t *testing.T) {
 	}
 }
 
+func TestSavedSearchListAndTheByHashKnob(t *testing.T) {
+	sim, c := start(t, threatqsim.Options{})
+	sim.AddCollection("h1", "One", nil)
+	sim.AddCollection("h2", "Two", nil)
+	sim.AddCollection("h3", "Three", nil)
+	c.login()
+	var doc struct {
+		Total int `json:"total"`
+		Data  []struct {
+			ID   int64  `json:"id"`
+			Name string `json:"name"`
+			Hash string `json:"hash"`
+		} `json:"data"`
+	}
+	a := c.api(http.MethodGet, "/api/search/query?limit=2&offset=1", "")
+	if err := json.Unmarshal(a.body, &doc); err != nil || a.status != 200 {
+		t.Fatalf("%d %s %v", a.status, a.body, err)
+	}
+	if doc.Total != 3 || len(doc.Data) != 2 || doc.Data[0].Hash != "h2" || doc.Data[1].Name != "Three" || doc.Data[0].ID >= doc.Data[1].ID {
+		t.Fatalf("%+v", doc)
+	}
+	sim.SetSearchByHash(false)
+	if a := c.api(http.MethodGet, "/api/search/query/h1?fields=name", ""); a.status != 404 {
+		t.Fatalf("by hash while off: %d %s", a.status, a.body)
+	}
+	if n := sim.Counts(); n.SearchLists != 1 || n.CollectionNames != 0 {
+		t.Fatalf("counts %+v", n)
+	}
+}
+
 func TestAttributeCalls(t *testing.T) {
 	sim, c := start(t, threatqsim.Options{})
 	id := sim.AddCollection("h", "n", []threatqsim.SeedIndicator{{Type: "URL", Value: "https://x.example/"}})[0]

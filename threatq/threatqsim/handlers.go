@@ -22,6 +22,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /api/token", s.gate(false, s.token))
 	m.HandleFunc("GET /api/indicators/query/hash/{hash}", s.gate(true, s.collectionPage))
 	m.HandleFunc("GET /api/search/query/{hash}", s.gate(true, s.collectionName))
+	m.HandleFunc("GET /api/search/query", s.gate(true, s.searchList))
 	m.HandleFunc("GET /api/indicators/{id}", s.gate(true, s.getIndicator))
 	m.HandleFunc("GET /api/indicators/{id}/attributes", s.gate(true, s.listAttributes))
 	m.HandleFunc("POST /api/indicators/{id}/attributes", s.gate(true, s.addAttributes))
@@ -332,12 +333,18 @@ func decodeCursor(c string) (int64, bool) {
 	return id, true
 }
 
-// collectionName serves GET /api/search/query/{hash}?fields=name.
+// collectionName serves GET /api/search/query/{hash}?fields=name, unless
+// it is turned off.
 func (s *Server) collectionName(w http.ResponseWriter, r *http.Request, _ string) {
-	s.n.names.Add(1)
 	s.mu.Lock()
 	c, ok := s.collections[r.PathValue("hash")]
+	off := s.noSearchHash
 	s.mu.Unlock()
+	if off {
+		writeErrors(w, http.StatusNotFound, "The requested resource was not found.")
+		return
+	}
+	s.n.names.Add(1)
 	if !ok {
 		writeErrors(w, http.StatusNotFound, "The requested search could not be found.")
 		return
@@ -353,6 +360,33 @@ func (s *Server) collectionName(w http.ResponseWriter, r *http.Request, _ string
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"data": data})
+}
+
+// searchList serves GET /api/search/query: the saved searches (data
+// collections) in id order, {"total","data":[{"id","name","hash"}]}, with
+// optional limit and offset.
+func (s *Server) searchList(w http.ResponseWriter, r *http.Request, _ string) {
+	s.n.searchLists.Add(1)
+	q := r.URL.Query()
+	offset, _ := strconv.Atoi(q.Get("offset"))
+	limit, err := strconv.Atoi(q.Get("limit"))
+	if err != nil || limit <= 0 {
+		limit = defaultPageSize
+	}
+	s.mu.Lock()
+	all := make([]*collection, 0, len(s.collections))
+	for _, c := range s.collections {
+		all = append(all, c)
+	}
+	s.mu.Unlock()
+	sort.Slice(all, func(i, j int) bool { return all[i].id < all[j].id })
+	start := min(max(offset, 0), len(all))
+	end := min(start+limit, len(all))
+	docs := make([]map[string]any, 0, end-start)
+	for _, c := range all[start:end] {
+		docs = append(docs, map[string]any{"id": c.id, "name": c.name, "hash": c.hash})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"total": len(all), "data": docs})
 }
 
 // getIndicator serves GET /api/indicators/{id}.

@@ -1,7 +1,8 @@
 // Package threatqsim is an in-memory ThreatQ for tests, the demo and the
 // sim command: the token endpoint (client-credentials, password and
 // refresh grants), data collections paged with cursorMark in the shape of
-// the public fixtures, a collection's name, and the attribute calls of
+// the public fixtures, a collection's name (by hash, and in the listing of
+// saved searches), and the attribute calls of
 // indicators (list, add, change, remove). It is an http.Handler; serve it
 // with httptest or a real listener.
 //
@@ -59,6 +60,11 @@ type Options struct {
 	RetryAfter time.Duration
 	// Seed makes ids and injected failures repeatable (0: a random seed).
 	Seed uint64
+	// NoSearchByHash turns GET /api/search/query/{hash} off (404, as an
+	// unknown route): no public source shows that call, so a client must
+	// also do with the listing of saved searches, which ThreatQuotient's
+	// SDK uses.
+	NoSearchByHash bool
 }
 
 // Defaults of Options.
@@ -117,7 +123,8 @@ type Counts struct {
 	Unauthorized     int64 // API calls answered 401 (missing, lowercase, unknown or expired token)
 	InjectedFailures int64 // 5xx/429 answered by ErrorRate, FailNext or SetDown, and 200s with errors (ErrorsInOKNext)
 	CollectionPages  int64
-	CollectionNames  int64
+	CollectionNames  int64 // GET /api/search/query/{hash} answered
+	SearchLists      int64 // GET /api/search/query (saved searches listed)
 	IndicatorGets    int64
 	AttributeLists   int64
 	AttributeAdds    int64 // POST requests (one may add several rows)
@@ -127,7 +134,7 @@ type Counts struct {
 
 type counters struct {
 	requests, tokenRequests, tokensIssued, unauthorized, injected atomic.Int64
-	pages, names, indicatorGets                                   atomic.Int64
+	pages, names, searchLists, indicatorGets                      atomic.Int64
 	attrLists, attrAdds, attrChanges, attrDeletes                 atomic.Int64
 }
 
@@ -146,6 +153,7 @@ type Server struct {
 	down          bool
 	maxPage       int
 	retryAfter    time.Duration
+	noSearchHash  bool
 	failNext      []int
 	okErrors      []okError
 	rng           *mrand.Rand
@@ -290,6 +298,7 @@ func New(opts Options) *Server {
 		errorRate:     opts.ErrorRate,
 		maxPage:       opts.MaxPageSize,
 		retryAfter:    opts.RetryAfter,
+		noSearchHash:  opts.NoSearchByHash,
 		rng:           rng,
 		tokens:        map[string]session{},
 		refresh:       map[string]string{},
@@ -564,6 +573,7 @@ func (s *Server) Counts() Counts {
 		InjectedFailures: s.n.injected.Load(),
 		CollectionPages:  s.n.pages.Load(),
 		CollectionNames:  s.n.names.Load(),
+		SearchLists:      s.n.searchLists.Load(),
 		IndicatorGets:    s.n.indicatorGets.Load(),
 		AttributeLists:   s.n.attrLists.Load(),
 		AttributeAdds:    s.n.attrAdds.Load(),
@@ -576,7 +586,7 @@ func (s *Server) Counts() Counts {
 func (s *Server) ResetCounts() {
 	for _, c := range []*atomic.Int64{
 		&s.n.requests, &s.n.tokenRequests, &s.n.tokensIssued, &s.n.unauthorized, &s.n.injected,
-		&s.n.pages, &s.n.names, &s.n.indicatorGets,
+		&s.n.pages, &s.n.names, &s.n.searchLists, &s.n.indicatorGets,
 		&s.n.attrLists, &s.n.attrAdds, &s.n.attrChanges, &s.n.attrDeletes,
 	} {
 		c.Store(0)
@@ -612,6 +622,10 @@ func (s *Server) SetMaxPageSize(n int) {
 	}
 	s.mu.Unlock()
 }
+
+// SetSearchByHash turns GET /api/search/query/{hash} on or off (see
+// Options.NoSearchByHash).
+func (s *Server) SetSearchByHash(on bool) { s.mu.Lock(); s.noSearchHash = !on; s.mu.Unlock() }
 
 // SetRetryAfter sets the Retry-After sent with 429 and 503 (0: none).
 func (s *Server) SetRetryAfter(d time.Duration) { s.mu.Lock(); s.retryAfter = d; s.mu.Unlock() }

@@ -201,6 +201,38 @@ func (l *AttributeList) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// SavedSearch is one saved search (a data collection) of GET
+// /api/search/query: its hash and name, the fields a collection's name is
+// matched by.
+type SavedSearch struct {
+	Hash FlexString `json:"hash"`
+	Name FlexString `json:"name"`
+}
+
+// SearchList is the answer of GET /api/search/query:
+// {"total","data":[{"id","name","hash",…}]}; an empty "data" may be {}.
+type SearchList struct {
+	Total int64
+	Data  []SavedSearch
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (l *SearchList) UnmarshalJSON(b []byte) error {
+	var w struct {
+		Total flexInt `json:"total"`
+		Data  rawList `json:"data"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("saved search list: %w", err)
+	}
+	data, err := decodeList[SavedSearch](w.Data)
+	if err != nil {
+		return fmt.Errorf("saved search list data: %w", err)
+	}
+	*l = SearchList{Total: int64(w.Total), Data: data}
+	return nil
+}
+
 // Source names who set an attribute or reported an indicator.
 type Source struct {
 	Name string `json:"name"`

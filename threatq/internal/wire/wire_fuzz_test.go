@@ -31,6 +31,8 @@ func FuzzDecodeDocuments(f *testing.F) {
 		_ = json.Unmarshal(b, &l)
 		var tr TokenResponse
 		_ = json.Unmarshal(b, &tr)
+		var sl SearchList
+		_ = json.Unmarshal(b, &sl)
 		var in Indicator
 		_ = json.Unmarshal(b, &in)
 		_ = ParseErrorBody(b)
