@@ -210,12 +210,17 @@ func (o ListOptions) query() (url.Values, error) {
 // TimeFormat is how Triage writes timestamps: UTC with milliseconds.
 const TimeFormat = "2006-01-02T15:04:05.000Z"
 
-// ListIndicators yields the indicators opts select, page by page, following
-// the links.next of each page until a page has none. Each page is one call,
-// not retried. A failure is yielded once, with a nil indicator,
-// and ends the sequence. A next link to another host than the base URL is
-// not followed (it would carry the token there): it ends the sequence with
-// a KindBadResponse error.
+// ListIndicators yields the indicators opts select, page by page. Each page
+// is one call, not retried. A failure is yielded once, with a nil
+// indicator, and ends the sequence.
+//
+// It pages by its own query, page[number] 1, 2, … (as Splunk's Triage app
+// does), and reads a page's links.next only for whether there is one: the
+// host a link names may be a load balancer's or a proxy's rather than the
+// base URL, and the token goes to the base URL only. The listing ends at a
+// page without links.next, an empty page, or a page that repeats the one
+// before (a server that ignores page[number]), which is a KindBadResponse
+// error.
 func (c *Client) ListIndicators(ctx context.Context, opts ListOptions) iter.Seq2[*Indicator, error] {
 	return func(yield func(*Indicator, error) bool) {
 		q, err := opts.query()
@@ -228,10 +233,16 @@ func (c *Client) ListIndicators(ctx context.Context, opts ListOptions) iter.Seq2
 			yield(nil, err)
 			return
 		}
-		for {
+		var prevFirst, prevLast string
+		for number := 1; ; number++ {
 			var page wire.ListDocument
 			if err := c.do(ctx, k, &page); err != nil {
 				yield(nil, err)
+				return
+			}
+			if n := len(page.Data); number > 1 && n > 0 && page.Data[0].ID == prevFirst && page.Data[n-1].ID == prevLast {
+				yield(nil, &Error{Kind: KindBadResponse, Method: k.method, Path: k.path,
+					Messages: []string{fmt.Sprintf("page %d repeats page %d: page[number] is not honoured", number, number-1)}})
 				return
 			}
 			for _, r := range page.Data {
@@ -247,39 +258,25 @@ func (c *Client) ListIndicators(ctx context.Context, opts ListOptions) iter.Seq2
 			if page.Links.Next == "" || len(page.Data) == 0 {
 				return
 			}
-			next, err := c.nextCall(k, page.Links.Next)
-			if err != nil {
+			prevFirst, prevLast = page.Data[0].ID, page.Data[len(page.Data)-1].ID
+			if k, err = c.nextCall(q, number+1); err != nil {
 				yield(nil, err)
 				return
 			}
-			k = next
 		}
 	}
 }
 
-// nextCall checks a links.next before the token goes there: same scheme and
-// host as the base URL, under the API path, and not the page just read.
-func (c *Client) nextCall(cur call, link string) (call, error) {
-	bad := func(why string) (call, error) {
-		return call{}, &Error{Kind: KindBadResponse, Method: cur.method, Path: cur.path,
-			Messages: []string{"links.next " + why}}
+// nextCall is the call of page number of the listing of query q: the
+// client's own query with page[number] set, on the base URL, whatever host
+// the page's links named.
+func (c *Client) nextCall(q url.Values, number int) (call, error) {
+	next := make(url.Values, len(q))
+	for k, v := range q {
+		next[k] = v
 	}
-	u, err := c.base.Parse(link)
-	if err != nil {
-		return bad("does not parse")
-	}
-	if u.Scheme != c.base.Scheme || u.Host != c.base.Host {
-		return bad("points to another host: not followed")
-	}
-	prefix := c.base.Path + APIPath
-	if !strings.HasPrefix(u.Path, prefix+"/") {
-		return bad("points outside the API: not followed")
-	}
-	u.Fragment = ""
-	if u.String() == cur.url {
-		return bad("repeats the page just read")
-	}
-	return call{method: http.MethodGet, url: u.String(), path: strings.TrimPrefix(u.Path, prefix)}, nil
+	next.Set("page[number]", strconv.Itoa(number))
+	return c.newCall(http.MethodGet, indicatorsPath, next, nil)
 }
 
 // Ping checks that Triage answers and accepts the credentials

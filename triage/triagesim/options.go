@@ -67,7 +67,9 @@ type Options struct {
 	Uniqueness Uniqueness
 
 	// BaseURL (scheme://host[:port]) is what links start with; empty means
-	// the scheme and Host of each request.
+	// the scheme and Host of each request. Another host than the one the
+	// client was given plays a Triage behind a load balancer or a proxy,
+	// whose links name a host the client must not send its token to.
 	BaseURL string
 	// MaxBodyBytes bounds a request body (default DefaultMaxBodyBytes);
 	// beyond it the answer is 413.
@@ -179,6 +181,11 @@ func (s *Server) SetTokenLifetime(d time.Duration) {
 // retryAfter (0: the bucket's refill time), rounded up to whole seconds.
 func (s *Server) SetRateLimit(perSecond float64, burst int, retryAfter time.Duration) {
 	s.change(func(o *Options) { o.RateLimit, o.RateBurst, o.RetryAfter = perSecond, burst, retryAfter })
+}
+
+// SetBaseURL sets what links start with (see Options.BaseURL).
+func (s *Server) SetBaseURL(base string) {
+	s.change(func(o *Options) { o.BaseURL = base })
 }
 
 // SetFailureRate sets the share (0..1) of API requests answered with the
