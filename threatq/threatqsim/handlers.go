@@ -449,6 +449,7 @@ type attributeInput struct {
 // an array of them. Without sources, the token's subject is the source.
 func (s *Server) addAttributes(w http.ResponseWriter, r *http.Request, subject string) {
 	s.n.attrAdds.Add(1)
+	s.countWrite(r)
 	id, ok := s.knownIndicator(w, r)
 	if !ok {
 		return
@@ -524,6 +525,7 @@ func (s *Server) addAttributes(w http.ResponseWriter, r *http.Request, subject s
 // {"value":…} (and optionally sources, which are added to the row's).
 func (s *Server) changeAttribute(w http.ResponseWriter, r *http.Request, subject string) {
 	s.n.attrChanges.Add(1)
+	s.countWrite(r)
 	id, row, ok := s.knownRow(w, r)
 	if !ok {
 		return
@@ -566,6 +568,7 @@ func (s *Server) changeAttribute(w http.ResponseWriter, r *http.Request, subject
 // deleteAttribute serves DELETE /api/indicators/{id}/attributes/{row}.
 func (s *Server) deleteAttribute(w http.ResponseWriter, r *http.Request, _ string) {
 	s.n.attrDeletes.Add(1)
+	s.countWrite(r)
 	id, row, ok := s.knownRow(w, r)
 	if !ok {
 		return
@@ -584,6 +587,15 @@ func (s *Server) deleteAttribute(w http.ResponseWriter, r *http.Request, _ strin
 	}
 	s.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// countWrite counts an attribute write to the indicator its path names.
+func (s *Server) countWrite(r *http.Request) {
+	if id, ok := pathID(r, "id"); ok {
+		s.mu.Lock()
+		s.writes[id]++
+		s.mu.Unlock()
+	}
 }
 
 func (s *Server) knownIndicator(w http.ResponseWriter, r *http.Request) (int64, bool) {

@@ -178,6 +178,7 @@ type Server struct {
 	nextCollID  int64
 
 	attrs     map[int64][]*attrRow // indicator id → rows, in row-id order
+	writes    map[int64]int64      // indicator id → attribute writes (POST, PUT, DELETE) that reached it
 	rowOwner  map[int64]int64      // row id → indicator id
 	nextRowID int64
 }
@@ -310,6 +311,7 @@ func New(opts Options) *Server {
 		byKey:         map[string]int64{},
 		collections:   map[string]*collection{},
 		attrs:         map[int64][]*attrRow{},
+		writes:        map[int64]int64{},
 		rowOwner:      map[int64]int64{},
 	}
 	// Per-instance numbering: shuffled and offset, as ids differ between
@@ -563,6 +565,15 @@ func copyRows(rows []*attrRow) []Attribute {
 	return out
 }
 
+// Writes returns how many attribute writes (POST, PUT and DELETE
+// requests, whatever their answer) reached an indicator: what tests count
+// to see that one result was written once.
+func (s *Server) Writes(indicatorID int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writes[indicatorID]
+}
+
 // Counts returns the request counters.
 func (s *Server) Counts() Counts {
 	return Counts{
@@ -582,8 +593,12 @@ func (s *Server) Counts() Counts {
 	}
 }
 
-// ResetCounts sets every counter to zero.
+// ResetCounts sets every counter to zero, the writes of each indicator
+// too.
 func (s *Server) ResetCounts() {
+	s.mu.Lock()
+	clear(s.writes)
+	s.mu.Unlock()
 	for _, c := range []*atomic.Int64{
 		&s.n.requests, &s.n.tokenRequests, &s.n.tokensIssued, &s.n.unauthorized, &s.n.injected,
 		&s.n.pages, &s.n.names, &s.n.searchLists, &s.n.indicatorGets,
