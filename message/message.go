@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 	"unicode/utf8"
 )
 
@@ -186,6 +187,23 @@ type Result struct {
 	// it was answered (each delivery tries Triage a few times, with
 	// backoff); 0 when it never reached Triage (invalid, skipped).
 	Attempts int `json:"attempts"`
+	// AnsweredAt is when the worker answered, RFC 3339 in UTC with
+	// nanoseconds (AnsweredAtFormat); optional, absent from results of
+	// older workers. Write-back applies the results of one ThreatQ
+	// indicator in this order.
+	AnsweredAt string `json:"answered_at,omitempty"`
+}
+
+// AnsweredAtFormat is the layout of Result.AnsweredAt.
+const AnsweredAtFormat = time.RFC3339Nano
+
+// Answered is r's AnsweredAt as a time, and whether it has a valid one.
+func (r Result) Answered() (time.Time, bool) {
+	if r.AnsweredAt == "" || len(r.AnsweredAt) > 64 {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(AnsweredAtFormat, r.AnsweredAt)
+	return t, err == nil
 }
 
 // JobSubject is the subject a job of action is published on.
@@ -425,7 +443,10 @@ type Receipt struct {
 	// Result is the stream sequence of the result this receipt settles.
 	Result  uint64         `json:"result"`
 	Outcome ReceiptOutcome `json:"outcome"`
-	Reason  string         `json:"reason,omitempty"` // dead_lettered: why
+	// Reason says why, for dead_lettered; for stale, and for a written
+	// result some of whose attributes a later result had set, which
+	// attributes were left as the later result set them.
+	Reason string `json:"reason,omitempty"`
 }
 
 // ReceiptOutcome is what write-back did with a result.
@@ -436,6 +457,10 @@ const (
 	ReceiptWritten      ReceiptOutcome = "written"       // its attributes are on ThreatQ
 	ReceiptNothing      ReceiptOutcome = "nothing"       // it had no attributes to write
 	ReceiptDeadLettered ReceiptOutcome = "dead_lettered" // on tqtriage.dlq.writeback
+	// ReceiptStale: a later result of the same ThreatQ indicator had
+	// already been written, so this older one was not (write-back applies
+	// an indicator's results in the order they were answered).
+	ReceiptStale ReceiptOutcome = "stale"
 )
 
 // ReceiptSubject is where the receipts of a run are stored.
@@ -456,7 +481,7 @@ func ParseReceipt(data []byte) (Receipt, error) {
 		return r, fmt.Errorf("receipt: version %d; this reader knows %d", r.V, Version)
 	}
 	switch r.Outcome {
-	case ReceiptWritten, ReceiptNothing, ReceiptDeadLettered:
+	case ReceiptWritten, ReceiptNothing, ReceiptDeadLettered, ReceiptStale:
 	default:
 		return r, fmt.Errorf("receipt: unknown outcome %q", r.Outcome)
 	}

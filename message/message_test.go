@@ -133,3 +133,31 @@ func FuzzParseJob(f *testing.F) {
 		}
 	})
 }
+
+func TestResultAnsweredAt(t *testing.T) {
+	r, err := ParseResult([]byte(`{"v":1,"run_id":"r","action":"create","indicator":{"id":1},"status":"created","reason":"","attempts":1,"answered_at":"2026-11-27T10:25:41.123456789Z"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, ok := r.Answered()
+	if !ok || at.Nanosecond() != 123456789 || at.Second() != 41 {
+		t.Fatalf("answered %v %v", at, ok)
+	}
+	for _, bad := range []string{"", "yesterday", "2026-11-27 10:25:41", strings.Repeat("9", 65)} {
+		if _, ok := (Result{AnsweredAt: bad}).Answered(); ok {
+			t.Errorf("%q read as a time", bad)
+		}
+	}
+}
+
+func TestParseReceiptKnowsEveryOutcome(t *testing.T) {
+	for _, o := range []ReceiptOutcome{ReceiptWritten, ReceiptNothing, ReceiptDeadLettered, ReceiptStale} {
+		rc, err := ParseReceipt([]byte(`{"v":1,"run_id":"r","indicator":1,"result":9,"outcome":"` + string(o) + `"}`))
+		if err != nil || rc.Outcome != o {
+			t.Errorf("%s: %+v %v", o, rc, err)
+		}
+	}
+	if _, err := ParseReceipt([]byte(`{"v":1,"run_id":"r","indicator":1,"result":9,"outcome":"lost"}`)); err == nil {
+		t.Error("an unknown outcome parsed")
+	}
+}

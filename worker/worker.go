@@ -196,7 +196,7 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 // out: a failed result, and the job dead-lettered for replay.
 func (w *Worker) GiveUp(job message.Job, a bus.Attempt, reason string) bus.Outcome {
 	r := message.NewResult(job, message.StatusFailed, reason)
-	r.Attempts = a.N
+	r.Attempts, r.AnsweredAt = a.N, answeredNow()
 	pub, err := resultPublication(job, a, r)
 	if err != nil {
 		return bus.Err(err)
@@ -208,6 +208,7 @@ func (w *Worker) GiveUp(job message.Job, a bus.Attempt, reason string) bus.Outco
 // whether the job reached Triage (a result's attempts are 0 when not).
 func (w *Worker) answer(ctx context.Context, job message.Job, a bus.Attempt, status message.Status, reason string, reached bool, found *triage.Indicator) bus.Outcome {
 	r := message.NewResult(job, status, reason)
+	r.AnsweredAt = answeredNow()
 	if reached {
 		r.Attempts = a.N
 	}
@@ -369,6 +370,11 @@ func ourSources(sources ...string) []string {
 	}
 	return out
 }
+
+// answeredNow stamps a result with when it was answered: write-back
+// applies the results of one ThreatQ indicator in this order
+// (docs/flow.md).
+func answeredNow() string { return time.Now().UTC().Format(message.AnsweredAtFormat) }
 
 // retryable marks an error of the worker's own as worth another try.
 type retryable struct{ error }

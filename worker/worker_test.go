@@ -777,3 +777,23 @@ func TestCreateAgainFindsOursFirstThenWhateverIsThere(t *testing.T) {
 		t.Fatalf("lookups by %q then %q, ops %v; want ours first, then any, and no change", f1.source, f2.source, tr.ops())
 	}
 }
+
+// TestResultsSayWhenTheyWereAnswered: every result, a failed one too,
+// carries answered_at, by which write-back orders the results of one
+// ThreatQ indicator.
+func TestResultsSayWhenTheyWereAnswered(t *testing.T) {
+	w := newWorker(t, noRetry, &fakeTriage{}, &fakeClaims{})
+	before := time.Now()
+	_, created := result(t, w.Handle(context.Background(), job(t, message.ActionCreate, "MD5", md5Value), attempt))
+	_, invalid := result(t, w.Handle(context.Background(), job(t, message.ActionCreate, "IP Address", "10.0.0.1"), attempt))
+	_, failed := result(t, w.GiveUp(job(t, message.ActionCreate, "MD5", md5Value), attempt, "no"))
+	after := time.Now()
+	var prev time.Time
+	for _, r := range []message.Result{created, invalid, failed} {
+		at, ok := r.Answered()
+		if !ok || at.Location() != time.UTC || at.Before(before.Truncate(time.Microsecond)) || at.After(after) || at.Before(prev) {
+			t.Fatalf("%s answered_at %q", r.Status, r.AnsweredAt)
+		}
+		prev = at
+	}
+}
