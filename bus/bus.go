@@ -35,6 +35,9 @@ const (
 	// BucketDeliveries counts the deliveries of a message that do not
 	// count toward its limit (snoozed, handed back).
 	BucketDeliveries = "TQTRIAGE_DELIVERIES"
+	// BucketApplied keeps, per ThreatQ indicator, when the last result
+	// written to each of its attributes was answered (write-back order).
+	BucketApplied = "TQTRIAGE_APPLIED"
 
 	ConsumerWorkers   = "tqtriage-workers"
 	ConsumerWriteback = "tqtriage-writeback"
@@ -125,8 +128,8 @@ type Bus struct {
 	js  jetstream.JetStream
 	log zerolog.Logger
 
-	jobs, results, dlq, claims jetstream.Stream
-	runs, deliveries, fleet    jetstream.KeyValue
+	jobs, results, dlq, claims       jetstream.Stream
+	runs, deliveries, fleet, applied jetstream.KeyValue
 
 	claimMu     sync.Mutex
 	claimQueues map[string]*claimQueue // by run and limit: claims waiting for a commit

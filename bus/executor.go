@@ -181,7 +181,7 @@ func (e *executor[T]) deliver(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	d := &delivery[T]{m: m, md: md, log: e.log}
-	d.a = Attempt{N: e.b.countedDeliveries(ctx, e.c.Durable, md), Max: e.c.MaxDeliver, Subject: m.Subject(), Seq: md.Sequence.Stream}
+	d.a = Attempt{N: e.b.countedDeliveries(ctx, e.c.Durable, md), Max: e.c.MaxDeliver, Subject: m.Subject(), Seq: md.Sequence.Stream, Stored: md.Timestamp}
 	d.log = e.log.With().Uint64("stream_seq", d.a.Seq).Int("attempt", d.a.N).Logger()
 
 	// The ack deadline runs while the handler waits on a remote service:

@@ -826,6 +826,10 @@ func TestServeSnoozedTwiceThenDoneSeesTheFirstAttemptEachTime(t *testing.T) {
 		if a.N != 1 || a.Max != 5 || a.Seq != seq || a.Subject != message.JobSubject(message.ActionCreate) {
 			t.Errorf("delivery %d: %+v; want attempt 1 of 5 of the message at %d", i+1, a, seq)
 		}
+		// When it was stored is the stream's, the same for every delivery.
+		if a.Stored.IsZero() || time.Since(a.Stored) > time.Minute || !a.Stored.Equal(got[0].Stored) {
+			t.Errorf("delivery %d: stored at %v; the first at %v", i+1, a.Stored, got[0].Stored)
+		}
 	}
 	if m := stored(t, b, b.results, testResults); m == nil || string(m.Data) != "done job-e2e" {
 		t.Fatalf("result stored: %v", m)

@@ -14,9 +14,11 @@ type Attempt struct {
 	// Max is the consumer's limit: a retryable failure on delivery Max is
 	// given up, and a delivery beyond it is given up unseen.
 	Max int
-	// Subject and Seq say where the message is stored.
+	// Subject and Seq say where the message is stored, and Stored when
+	// (the stream's timestamp; zero when unknown).
 	Subject string
 	Seq     uint64
+	Stored  time.Time
 }
 
 // Last reports whether this is the last delivery a retry may have.

@@ -45,26 +45,33 @@ type Limits struct {
 	ResultsMaxBytes int64 // the oldest results (and receipts) go first beyond it
 	DLQMaxBytes     int64 // the oldest dead letters go first beyond it
 	ClaimsMaxBytes  int64 // new admissions are refused beyond it
+	// AppliedMaxBytes bounds write-back's order bucket: one small entry
+	// per ThreatQ indicator written in the last 30 days; beyond it,
+	// results of indicators not yet in it wait (are retried) until it is
+	// raised.
+	AppliedMaxBytes int64
 }
 
 // DefaultLimits are the limits setup gives the streams unless told
 // otherwise.
 // The server reserves each stream's bytes from its JetStream storage
-// when the stream is made, so they are kept modest (3.6 GiB in all):
+// when the stream is made, so they are kept modest (3.9 GiB in all):
 // about 3 million jobs waiting, the results of 5 million, 400,000 dead
-// letters, the claims of 2 million indicators.
+// letters, the claims of 2 million indicators, the write-back order of
+// about a million.
 var DefaultLimits = Limits{
 	JobsMaxMsgs:     10_000_000,
 	JobsMaxBytes:    1 << 30,
 	ResultsMaxBytes: 2 << 30,
 	DLQMaxBytes:     256 << 20,
 	ClaimsMaxBytes:  256 << 20,
+	AppliedMaxBytes: 256 << 20,
 }
 
 // NoLimits leaves the streams unbounded but for message sizes: for a
 // server of the process's own (run, demo), where no one else publishes and
 // a run must never lose its results to a limit.
-var NoLimits = Limits{JobsMaxMsgs: -1, JobsMaxBytes: -1, ResultsMaxBytes: -1, DLQMaxBytes: -1, ClaimsMaxBytes: -1}
+var NoLimits = Limits{JobsMaxMsgs: -1, JobsMaxBytes: -1, ResultsMaxBytes: -1, DLQMaxBytes: -1, ClaimsMaxBytes: -1, AppliedMaxBytes: -1}
 
 func (l Limits) withDefaults() Limits {
 	def := func(v *int64, d int64) {
@@ -77,6 +84,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.ResultsMaxBytes, DefaultLimits.ResultsMaxBytes)
 	def(&l.DLQMaxBytes, DefaultLimits.DLQMaxBytes)
 	def(&l.ClaimsMaxBytes, DefaultLimits.ClaimsMaxBytes)
+	def(&l.AppliedMaxBytes, DefaultLimits.AppliedMaxBytes)
 	return l
 }
 
@@ -98,6 +106,7 @@ const (
 	partRuns
 	partDeliveries
 	partFleet
+	partApplied   // write-back's order
 	partWorkers   // the jobs' durable consumer
 	partWriteback // the results' durable consumer
 	numParts
@@ -106,6 +115,7 @@ const (
 var partNames = [numParts]string{
 	partJobs: StreamJobs, partResults: StreamResults, partDLQ: StreamDLQ, partClaims: StreamClaims,
 	partRuns: "bucket " + BucketRuns, partDeliveries: "bucket " + BucketDeliveries, partFleet: "bucket " + BucketFleet,
+	partApplied: "bucket " + BucketApplied,
 	partWorkers: "consumer " + ConsumerWorkers, partWriteback: "consumer " + ConsumerWriteback,
 }
 
@@ -113,10 +123,10 @@ var partNames = [numParts]string{
 // writes to (a publish on a subject without its stream is lost).
 var roleParts = map[Role][]part{
 	RoleWorker:    {partJobs, partWorkers, partResults, partDLQ, partClaims, partDeliveries, partFleet},
-	RoleWriteback: {partResults, partWriteback, partDLQ, partDeliveries},
+	RoleWriteback: {partResults, partWriteback, partDLQ, partDeliveries, partApplied},
 	RolePublisher: {partJobs, partResults, partRuns},
 	RoleViewer:    {partResults, partDLQ, partRuns},
-	RoleOperator:  {partJobs, partResults, partDLQ, partClaims, partRuns, partDeliveries, partFleet, partWorkers, partWriteback},
+	RoleOperator:  {partJobs, partResults, partDLQ, partClaims, partRuns, partDeliveries, partFleet, partApplied, partWorkers, partWriteback},
 }
 
 // open opens the parts of the role: each is looked up, and created when
@@ -170,6 +180,8 @@ func (b *Bus) ensure(ctx context.Context, p part, update bool) error {
 		b.deliveries, err = b.ensureKV(ctx, b.deliveriesConfig(), update)
 	case partFleet:
 		b.fleet, err = b.ensureKV(ctx, b.fleetConfig(), update)
+	case partApplied:
+		b.applied, err = b.ensureKV(ctx, b.appliedConfig(), update)
 	case partWorkers:
 		err = b.ensureConsumer(ctx, StreamJobs, b.consumerConfig(ConsumerWorkers, message.JobsWildcard, "tqtriage worker replicas share it"), update)
 	case partWriteback:
@@ -347,6 +359,20 @@ func (b *Bus) fleetConfig() jetstream.KeyValueConfig {
 		// Heartbeats of replicas long gone need not be kept.
 		TTL:      time.Minute,
 		MaxBytes: 1 << 20,
+	}
+}
+
+// appliedConfig is write-back's order. An entry is kept as long as a dead
+// letter (so that a result replayed late is still found older than what
+// was written since), and only the latest value of each key.
+func (b *Bus) appliedConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      BucketApplied,
+		Description: "tqtriage write-back order: per ThreatQ indicator, when the last result written to each attribute was answered",
+		Storage:     jetstream.FileStorage,
+		Replicas:    b.cfg.Replicas,
+		TTL:         b.cfg.DLQMaxAge,
+		MaxBytes:    b.cfg.Limits.AppliedMaxBytes,
 	}
 }
 

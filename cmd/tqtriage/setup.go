@@ -17,6 +17,7 @@ func addLimits(s *settings) {
 	s.add("results-max-bytes", "TQTRIAGE_RESULTS_MAX_BYTES", sizeString(l.ResultsMaxBytes), "bytes of results and receipts kept at most; the oldest go first")
 	s.add("dlq-max-bytes", "TQTRIAGE_DLQ_MAX_BYTES", sizeString(l.DLQMaxBytes), "bytes of dead letters kept at most; the oldest go first")
 	s.add("claims-max-bytes", "TQTRIAGE_CLAIMS_MAX_BYTES", sizeString(l.ClaimsMaxBytes), "bytes of objects-per-run claims kept at most; new admissions are refused beyond")
+	s.add("applied-max-bytes", "TQTRIAGE_APPLIED_MAX_BYTES", sizeString(l.AppliedMaxBytes), "bytes of write-back order (one entry per ThreatQ indicator written in 30 days) kept at most; beyond, new indicators' write-backs wait")
 }
 
 func readLimits(s *settings) bus.Limits {
@@ -26,6 +27,7 @@ func readLimits(s *settings) bus.Limits {
 		ResultsMaxBytes: s.size("results-max-bytes"),
 		DLQMaxBytes:     s.size("dlq-max-bytes"),
 		ClaimsMaxBytes:  s.size("claims-max-bytes"),
+		AppliedMaxBytes: s.size("applied-max-bytes"),
 	}
 }
 
@@ -58,6 +60,7 @@ func cmdSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "  %-18s results and receipts: %s, the oldest go first\n", bus.StreamResults, sizeString(l.ResultsMaxBytes))
 	fmt.Fprintf(stdout, "  %-18s dead letters: %s, the oldest go first\n", bus.StreamDLQ, sizeString(l.DLQMaxBytes))
 	fmt.Fprintf(stdout, "  %-18s objects-per-run claims: %s; new admissions are refused beyond\n", bus.StreamClaims, sizeString(l.ClaimsMaxBytes))
+	fmt.Fprintf(stdout, "  %-18s write-back order: %s; beyond, new indicators' write-backs wait\n", bus.BucketApplied, sizeString(l.AppliedMaxBytes))
 	fmt.Fprintf(stdout, "  consumers %s, %s; buckets %s, %s\n", bus.ConsumerWorkers, bus.ConsumerWriteback, bus.BucketRuns, bus.BucketDeliveries)
 	return nil
 }
