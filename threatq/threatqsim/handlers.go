@@ -34,8 +34,9 @@ func (s *Server) routes() {
 	s.mux = m
 }
 
-// gate applies the knobs (latency, outage, injected failures) and, for API
-// calls, the bearer check, before h. The subject of the token is passed on.
+// gate applies the knobs (latency, outage, injected failures, an
+// indicator's failures) and, for API calls, the bearer check, before h.
+// The subject of the token is passed on.
 func (s *Server) gate(api bool, h func(w http.ResponseWriter, r *http.Request, subject string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
@@ -43,7 +44,10 @@ func (s *Server) gate(api bool, h func(w http.ResponseWriter, r *http.Request, s
 		fail := 0
 		var okErr *okError
 		if api {
+			id, about := pathID(r, "id")
 			switch {
+			case about && s.failing[id] != 0:
+				fail = s.failing[id]
 			case len(s.failNext) > 0:
 				fail = s.failNext[0]
 				s.failNext = s.failNext[1:]

@@ -156,6 +156,7 @@ type Server struct {
 	noSearchHash  bool
 	failNext      []int
 	okErrors      []okError
+	failing       map[int64]int // indicator id → the status its calls are answered with
 	rng           *mrand.Rand
 
 	tokens  map[string]session // access token → who and until when
@@ -312,6 +313,7 @@ func New(opts Options) *Server {
 		collections:   map[string]*collection{},
 		attrs:         map[int64][]*attrRow{},
 		writes:        map[int64]int64{},
+		failing:       map[int64]int{},
 		rowOwner:      map[int64]int64{},
 	}
 	// Per-instance numbering: shuffled and offset, as ids differ between
@@ -651,6 +653,20 @@ func (s *Server) FailNext(n int, status int) {
 	s.mu.Lock()
 	for range n {
 		s.failNext = append(s.failNext, status)
+	}
+	s.mu.Unlock()
+}
+
+// FailIndicator answers every API request about one indicator (GET of
+// it, and its attribute calls) with status, such as 503 (with the
+// Retry-After of SetRetryAfter), until it is called again with 0: a
+// ThreatQ that keeps failing for one indicator only.
+func (s *Server) FailIndicator(id int64, status int) {
+	s.mu.Lock()
+	if status == 0 {
+		delete(s.failing, id)
+	} else {
+		s.failing[id] = status
 	}
 	s.mu.Unlock()
 }
