@@ -79,8 +79,11 @@ func ServeWorkers(ctx context.Context, b *bus.Bus, w *worker.Worker, log zerolog
 	return bus.Serve(ctx, b, w.Consumer(log, m))
 }
 
-// ServeWriteback consumes results with wr until ctx ends. m may be nil.
+// ServeWriteback consumes results with wr until ctx ends, applying the
+// results of each ThreatQ indicator in the order they were answered (the
+// order kept on b). m may be nil.
 func ServeWriteback(ctx context.Context, b *bus.Bus, wr *writeback.Writer, log zerolog.Logger, m *bus.Metrics) error {
+	wr.KeepOrder(b)
 	return bus.Serve(ctx, b, wr.Consumer(log, m))
 }
 

@@ -14,6 +14,7 @@ package writeback
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -71,6 +72,7 @@ func (c Config) withDefaults() Config {
 type Writer struct {
 	cfg Config
 	tq  ThreatQ
+	ord atomic.Pointer[ordering] // nil: no order kept (see KeepOrder)
 }
 
 // New returns a writer. The ThreatQ client should not retry by itself
@@ -111,6 +113,12 @@ func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bu
 	for i, at := range r.Attributes {
 		attrs[i] = threatq.Attribute{Name: at.Name, Value: at.Value}
 	}
+	// Older than what a later result wrote: leave it (order.go).
+	attrs, kept, release, stop := w.inOrder(ctx, r, a, attrs)
+	if stop != nil {
+		return *stop
+	}
+	defer release()
 	_, err := retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
 		return w.tq.SetAttributes(ctx, r.Indicator.ID, attrs)
 	}, func(err error, attempt int, wait time.Duration) {
@@ -120,7 +128,7 @@ func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bu
 		return bus.Err(err)
 	}
 	zerolog.Ctx(ctx).Debug().Int("attributes", len(attrs)).Msg("attributes written")
-	return bus.Done("written", receipt(r, a, message.ReceiptWritten, ""))
+	return bus.Done("written", receipt(r, a, message.ReceiptWritten, kept))
 }
 
 // GiveUp dead-letters a result that could not be written, for replay.
