@@ -96,6 +96,9 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 			fmt.Fprintf(w, "    indicator %d (%s %q): %s\n", r.Indicator.ID, termsafe.Line(r.Indicator.Type), clip(r.Indicator.Value, 80), termsafe.Line(r.Reason))
 		}
 	}
+	if t.stale > 0 {
+		fmt.Fprintf(w, "  superseded  %-6d results not written back: a later result of the same ThreatQ indicator had been written\n", t.stale)
+	}
 	if t.wbFailed > 0 {
 		fmt.Fprintf(w, "  write-back  %d results could not be written to ThreatQ (dead letters on %s; `tqtriage dlq replay --action writeback`)\n", t.wbFailed, message.DLQWriteback)
 		for _, rc := range t.wbErrors {

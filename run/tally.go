@@ -24,6 +24,7 @@ type Tally struct {
 	apart    int // results beyond the run's jobs, not counted as jobs
 	awaiting int // jobs whose latest result has no receipt yet
 	wbFailed int // jobs whose latest result's write-back was dead-lettered
+	stale    int // jobs whose latest result was older than one written since (a stale receipt)
 	examples map[message.Status][]message.Result
 	wbErrors []message.Receipt // a few dead-lettered write-backs
 }
@@ -39,9 +40,11 @@ type page [pageSize]uint8
 
 // A job's state in one byte: the status of its latest result (1 + its
 // index in message.Statuses; 0: none yet), whether that result awaits its
-// receipt, and whether its write-back was dead-lettered.
+// receipt, whether its write-back was dead-lettered, and whether it was
+// left unwritten as older than a result of its indicator written since.
 const (
 	statusMask uint8 = 0x0f
+	staleBit   uint8 = 0x20
 	awaitBit   uint8 = 0x40
 	wbFailBit  uint8 = 0x80
 )
@@ -135,6 +138,9 @@ func (t *Tally) forget(v uint8) {
 	if v&wbFailBit != 0 {
 		t.wbFailed--
 	}
+	if v&staleBit != 0 {
+		t.stale--
+	}
 	t.apart++
 }
 
@@ -159,9 +165,10 @@ func (t *Tally) Add(r message.Result) {
 		t.awaiting++
 	}
 	t.counts[idx]++
-	// The new result awaits its own receipt; a failed write-back of an
-	// earlier one stays counted until this one is settled.
-	t.set(r.Seq, r.Indicator.ID, idx|awaitBit|prev&wbFailBit)
+	// The new result awaits its own receipt; a failed or stale
+	// write-back of an earlier one stays counted until this one is
+	// settled.
+	t.set(r.Seq, r.Indicator.ID, idx|awaitBit|prev&(wbFailBit|staleBit))
 	switch r.Status {
 	case message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound:
 		if t.examples == nil {
@@ -198,6 +205,16 @@ func (t *Tally) AddReceipt(rc message.Receipt) {
 	if failed && len(t.wbErrors) < maxExamples {
 		t.wbErrors = append(t.wbErrors, rc)
 	}
+	// Stale is settled, not failed: a later result's attributes stand.
+	stale := rc.Outcome == message.ReceiptStale
+	switch {
+	case stale && v&staleBit == 0:
+		t.stale++
+		v |= staleBit
+	case !stale && v&staleBit != 0:
+		t.stale--
+		v &^= staleBit
+	}
 	t.set(rc.Seq, rc.Indicator, v)
 }
 
@@ -214,6 +231,11 @@ func (t *Tally) AwaitingWriteback() int { return t.awaiting }
 // WritebackFailures is the number of jobs whose latest result could not
 // be written to ThreatQ (dead-lettered on tqtriage.dlq.writeback).
 func (t *Tally) WritebackFailures() int { return t.wbFailed }
+
+// Superseded is the number of jobs whose latest result write-back left
+// unwritten, because a result of the same ThreatQ indicator answered
+// later had been written already (a stale receipt).
+func (t *Tally) Superseded() int { return t.stale }
 
 // Count is the number of jobs whose latest result has status s.
 func (t *Tally) Count(s message.Status) int { return t.counts[statusIndex(s)] }

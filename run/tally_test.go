@@ -79,6 +79,43 @@ func TestTallyFollowsWritebackReceiptsOfEachJobsLatestResult(t *testing.T) {
 	}
 }
 
+// TestTallyCountsStaleWriteBacksAsSettledNotFailed: a result that
+// write-back left because a later result of its indicator had been
+// written is settled (the run is complete) and not a failure, and shows.
+func TestTallyCountsStaleWriteBacksAsSettledNotFailed(t *testing.T) {
+	var tl Tally
+	tl.Add(res(1, 11, message.StatusCreated))
+	tl.Add(res(2, 12, message.StatusCreated))
+	tl.AddReceipt(receipt(1, 11, message.ReceiptStale))
+	tl.AddReceipt(receipt(1, 11, message.ReceiptStale)) // a repeat
+	tl.AddReceipt(receipt(2, 12, message.ReceiptWritten))
+	rec := Record{Published: true, Total: 2}
+	if tl.Superseded() != 1 || tl.AwaitingWriteback() != 0 || !tl.complete(rec, true) || tl.Failed(rec) {
+		t.Fatalf("superseded %d, awaiting %d, complete %v, failed %v", tl.Superseded(), tl.AwaitingWriteback(), tl.complete(rec, true), tl.Failed(rec))
+	}
+	var b bytes.Buffer
+	tl.Summary(&b, "h", 2)
+	if !strings.Contains(b.String(), "superseded  1      results not written back: a later result of the same ThreatQ indicator had been written") {
+		t.Errorf("summary lacks the stale write-back:\n%s", b.String())
+	}
+	// Its result comes again (a replay) and is written this time.
+	tl.Add(res(1, 11, message.StatusCreated))
+	if tl.Superseded() != 1 {
+		t.Fatalf("superseded %d while the new result awaits its receipt", tl.Superseded())
+	}
+	tl.AddReceipt(receipt(1, 11, message.ReceiptWritten))
+	if tl.Superseded() != 0 {
+		t.Fatalf("superseded %d after it was written", tl.Superseded())
+	}
+	// A stale job beyond the run's jobs is moved apart with its count.
+	tl.Add(res(5, 15, message.StatusCreated))
+	tl.AddReceipt(receipt(5, 15, message.ReceiptStale))
+	tl.SetLimit(2)
+	if tl.Superseded() != 0 || tl.Apart() != 1 {
+		t.Fatalf("superseded %d, apart %d", tl.Superseded(), tl.Apart())
+	}
+}
+
 // TestTallyMemoryIsBoundedWhateverAResultSays: a result's seq is the
 // publisher's word; a huge one, or many far apart, cost a page each at
 // most and are counted apart once the run's jobs are known.
