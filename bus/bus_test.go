@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
 
@@ -143,5 +144,24 @@ func TestClaimAfterAWorkerDiedBetweenCountAndClaim(t *testing.T) {
 	third, err := b.Claim(ctx, "run-died", ClaimKey("MD5", "third"), 2)
 	if err != nil || third.Admitted {
 		t.Fatalf("third key = %+v, %v; want refused at the limit of 2", third, err)
+	}
+}
+
+// TestNoLimitsLeavesTheStreamsUnbounded: the embedded server of run and
+// demo reserves no storage.
+func TestNoLimitsLeavesTheStreamsUnbounded(t *testing.T) {
+	s := startServer(t)
+	b, err := Connect(context.Background(), Config{URL: s.ClientURL(), Limits: NoLimits}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, st := range []jetstream.Stream{b.jobs, b.results, b.dlq, b.claims} {
+		if c := st.CachedInfo().Config; c.MaxBytes != -1 {
+			t.Errorf("%s: max bytes %d; want none", c.Name, c.MaxBytes)
+		}
+	}
+	if c := b.jobs.CachedInfo().Config; c.MaxMsgs != -1 || c.MaxMsgSize != 64<<10 {
+		t.Errorf("jobs: max msgs %d, max size %d; want no count limit and the job size limit", c.MaxMsgs, c.MaxMsgSize)
 	}
 }

@@ -75,7 +75,7 @@ var NoLimits = Limits{JobsMaxMsgs: -1, JobsMaxBytes: -1, ResultsMaxBytes: -1, DL
 
 func (l Limits) withDefaults() Limits {
 	def := func(v *int64, d int64) {
-		if *v <= 0 {
+		if *v == 0 {
 			*v = d
 		}
 	}
