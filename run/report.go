@@ -6,13 +6,14 @@ import (
 	"io"
 	"time"
 
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
 )
 
 // Report is a run's summary for scripts: what `status --json` prints and
-// `--report FILE` writes (docs/operations.md fixes its shape). Every string
-// in it is plain JSON text: a value or reason with control characters is
-// escaped by the encoding, never printed raw.
+// `--report FILE` writes (docs/operations.md fixes its shape). Written, a
+// value or reason with control characters is escaped (termsafe.JSON),
+// never printed raw.
 type Report struct {
 	RunID      string         `json:"run_id"`
 	Action     message.Action `json:"action"`
@@ -99,9 +100,9 @@ func (g *reasons) add(r message.Result) {
 	default:
 		return
 	}
-	reason := clip(r.Reason, maxReasonBytes)
+	reason := clip(r.Reason, maxReasonBytes-len("…"))
 	ind := r.Indicator
-	ind.Value = clip(ind.Value, maxExampleValue)
+	ind.Value = clip(ind.Value, maxExampleValue-len("…"))
 	for i := range g.groups {
 		if gr := &g.groups[i]; gr.Status == r.Status && gr.Reason == reason {
 			gr.Count++
@@ -165,7 +166,7 @@ func NewReport(rec Record, t *Tally) Report {
 	}
 	for _, rc := range t.wbErrors {
 		if t.get(rc.Seq, rc.Indicator)&wbFailBit != 0 {
-			r.WriteBack.Errors = append(r.WriteBack.Errors, WriteBackFailure{Indicator: rc.Indicator, Reason: clip(rc.Reason, maxReasonBytes)})
+			r.WriteBack.Errors = append(r.WriteBack.Errors, WriteBackFailure{Indicator: rc.Indicator, Reason: clip(rc.Reason, maxReasonBytes-len("…"))})
 		}
 	}
 	return r
@@ -189,7 +190,7 @@ func (r Report) Write(w io.Writer) error {
 		return err
 	}
 	var out []byte
-	if out, err = indent(data); err != nil {
+	if out, err = indent(termsafe.JSON(data)); err != nil {
 		return err
 	}
 	_, err = w.Write(append(out, '\n'))

@@ -421,7 +421,7 @@ func startNATS(t *testing.T) string {
 
 var (
 	runIDLine  = regexp.MustCompile(`^(\d{8}T\d{6}-[0-9a-f]{8})\n`)
-	statusLine = regexp.MustCompile(`(?m)^  (created|exists|updated|not_found|invalid|skipped|failed)\s+(\d+)\s`)
+	statusLine = regexp.MustCompile(`(?m)^  (created|exists|updated|not_found|invalid|skipped|failed|would_create|would_update|unchanged)\s+(\d+)\s`)
 )
 
 // runID is the run id a publish or run prints on its first line.
@@ -931,11 +931,16 @@ func TestDemoShowsCreateThenUpdate(t *testing.T) {
 	if r.took > 20*time.Second {
 		t.Errorf("the demo took %v", r.took)
 	}
-	headers := regexp.MustCompile(`(?m)^run \S+: (create|update) from collection `).FindAllStringSubmatch(r.stdout, -1)
-	if len(headers) != 2 || headers[0][1] != "create" || headers[1][1] != "update" {
-		t.Fatalf("want a create summary then an update summary: %v", r)
+	headers := regexp.MustCompile(`(?m)^run \S+: (create|update) from collection .*?(, dry run: .*)?$`).FindAllStringSubmatch(r.stdout, -1)
+	if len(headers) != 3 || headers[0][1] != "create" || headers[0][2] == "" || headers[1][1] != "create" || headers[1][2] != "" || headers[2][1] != "update" {
+		t.Fatalf("want a dry run of create, then a create summary, then an update summary: %v", r)
 	}
-	create, update := r.stdout[:strings.Index(r.stdout, "2. update")], r.stdout[strings.Index(r.stdout, "2. update"):]
+	dry := r.stdout[:strings.Index(r.stdout, "2. create")]
+	create, update := r.stdout[strings.Index(r.stdout, "2. create"):strings.Index(r.stdout, "3. update")], r.stdout[strings.Index(r.stdout, "3. update"):]
+	// The dry run foretold what create did.
+	if d, c := counts(dry), counts(create); d["would_create"] != c["created"] || d["exists"] != c["exists"] || d["invalid"] != c["invalid"] || d["created"] != 0 {
+		t.Errorf("the dry run says %v, create did %v: %v", d, c, r)
+	}
 	if c := counts(create); c["created"] == 0 || c["invalid"] == 0 || c["failed"] != 0 {
 		t.Errorf("create summary counts %v: %v", c, r)
 	}

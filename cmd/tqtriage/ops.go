@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
 	"github.com/tqtriage/tqtriage/run"
@@ -109,7 +110,7 @@ func cmdRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "%s\n", data)
+			fmt.Fprintf(stdout, "%s\n", termsafe.JSON(data))
 			continue
 		}
 		kind := string(rec.Action)
@@ -180,6 +181,6 @@ func writeDeadLetterJSON(w io.Writer, d bus.DeadLetter) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", data)
+	_, err = fmt.Fprintf(w, "%s\n", termsafe.JSON(data))
 	return err
 }
