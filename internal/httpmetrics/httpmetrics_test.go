@@ -69,7 +69,7 @@ func TestClientsRequestsAreNamed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tc.FindIndicator(ctx, "Hostname", "metrics.example.com"); err != nil {
+	if _, err := tc.FindIndicator(ctx, "Hostname", "metrics.example.com", "ThreatQ"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tc.GetIndicator(ctx, in.ID); err != nil {
