@@ -866,6 +866,9 @@ func TestUsageErrorsExit2NamingFlagAndVariable(t *testing.T) {
 		{"missing secret file", ok.without("TRIAGE_CLIENT_SECRET").with("TRIAGE_CLIENT_SECRET_FILE", secretFile+".gone"), []string{"worker"}, []string{"$TRIAGE_CLIENT_SECRET_FILE"}},
 		{"secret as a flag", ok, []string{"worker", "--triage-client-secret", testSecret}, []string{"flag provided but not defined: -triage-client-secret"}},
 		{"status without a run id", ok, []string{"status"}, []string{"run id"}},
+		{"a report without a wait", ok, []string{"publish", "--action", "create", "--file", "x.csv", "--report", "r.json"}, []string{"--report needs --wait"}},
+		{"runs with an argument", ok, []string{"runs", "extra"}, []string{"runs takes no arguments"}},
+		{"runs with no room", ok, []string{"runs", "--limit", "0"}, []string{"--limit"}},
 		{"dlq without a verb", ok, []string{"dlq"}, []string{"list|replay"}},
 		{"replay of invalid", ok, []string{"dlq", "replay", "--action", "invalid"}, []string{"cannot be replayed"}},
 		{"unknown command", ok, []string{"frobnicate"}, []string{`unknown command "frobnicate"`, "usage: tqtriage <command>"}},
@@ -966,15 +969,16 @@ func TestHelpListsFlagsWithTheirEnvironmentVariables(t *testing.T) {
 	}{
 		{[]string{"worker"}, []string{"-nats-url", "[$NATS_URL]", "-triage-base-url", "[$TRIAGE_BASE_URL]", "[$TRIAGE_CLIENT_ID]", "$TRIAGE_CLIENT_SECRET_FILE", "[$TRIAGE_THREAT_LEVEL] (default \"Malicious\")", "[$TRIAGE_OBJECTS_PER_RUN]", "[$TRIAGE_VERIFY_SSL] (default true)", "[$TRIAGE_SOURCE]", "[$TRIAGE_RATE_LIMIT]", "[$WORKER_CONCURRENCY]", "[$HTTP_ADDR]", "[$LOG_LEVEL]", "[$LOG_FORMAT]", "[$NATS_CREDS]", "[$NATS_TLS_CA]"}},
 		{[]string{"writeback"}, []string{"-threatq-base-url", "[$THREATQ_BASE_URL]", "[$THREATQ_CLIENT_ID]", "$THREATQ_CLIENT_SECRET_FILE", "[$THREATQ_VERIFY_SSL]", "[$THREATQ_EMAIL]", "[$THREATQ_ATTRIBUTE_SOURCE]", "[$NATS_URL]"}},
-		{[]string{"publish"}, []string{"-action", "-collection", "-file", "-upsert", "-wait", "[$NATS_URL]", "[$THREATQ_BASE_URL]"}},
+		{[]string{"publish"}, []string{"-action", "-collection", "-file", "-upsert", "-wait", "-dry-run", "-report", "[$NATS_URL]", "[$THREATQ_BASE_URL]"}},
 		{[]string{"run"}, []string{"-action", "-collection", "-file", "-upsert", "-data-dir", "[$TQTRIAGE_DATA_DIR]", "[$NATS_URL]", "[$TRIAGE_BASE_URL]", "[$THREATQ_BASE_URL]"}},
-		{[]string{"status"}, []string{"RUN_ID", "[$NATS_URL]"}},
-		{[]string{"dlq", "list"}, []string{"-action", "[$NATS_URL]"}},
+		{[]string{"status"}, []string{"RUN_ID", "-json", "[$NATS_URL]"}},
+		{[]string{"runs"}, []string{"-limit", "-json", "[$NATS_URL]"}},
+		{[]string{"dlq", "list"}, []string{"-action", "-json", "[$NATS_URL]"}},
 		{[]string{"dlq", "replay"}, []string{"-action", "[$NATS_URL]"}},
 		{[]string{"dlq"}, []string{"list|replay"}},
 		{[]string{"demo"}, []string{"-size", "[$DEMO_SIZE]"}},
 		{[]string{"sim"}, []string{"-triage-addr", "[$SIM_TRIAGE_ADDR]", "[$SIM_TRIAGE_FAILURE_RATE]", "[$SIM_SAMPLE]"}},
-		{nil, []string{"worker", "writeback", "publish", "run", "status", "dlq", "demo", "sim"}},
+		{nil, []string{"worker", "writeback", "publish", "run", "status", "runs", "dlq", "demo", "sim"}},
 	} {
 		for _, h := range []string{"-h", "--help"} {
 			args := append(slices.Clone(c.args), h)
