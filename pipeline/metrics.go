@@ -27,6 +27,10 @@ func NewMetrics() *Metrics {
 // Gatherer is what /metrics serves.
 func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }
 
+// MustRegister adds collectors of the command's own (a build's version,
+// say) to what /metrics serves.
+func (m *Metrics) MustRegister(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // WatchConsumers adds the pending and ack-pending counts of the durable
 // consumers, read from JetStream on b at each scrape.
 func (m *Metrics) WatchConsumers(b *bus.Bus, durables ...string) {
