@@ -35,6 +35,12 @@ func ClaimKey(triageType, value string) string {
 	return base64.RawURLEncoding.EncodeToString(h.Sum(nil)[:18])
 }
 
+// DryRunScope is the run under which a dry run of runID claims its
+// admissions (its claims are stored on tqtriage.claims.<run_id>.dryrun.…):
+// apart from a real run's, so that a dry run never spends them, even one
+// that shares its run id.
+func DryRunScope(runID string) string { return runID + ".dryrun" }
+
 // Claim admits the indicator key into run runID unless limit indicators of
 // the run are admitted already. It is exact across any number of processes
 // and redeliveries:

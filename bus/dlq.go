@@ -244,6 +244,11 @@ func replayTarget(kind message.Letters, d DeadLetter) (string, error) {
 	switch kind {
 	case message.LettersCreate, message.LettersUpdate:
 		want := message.JobSubject(message.Action(kind))
+		// A dry run's failed job goes back to the dry-run subject, so
+		// that its replay stays a dry run.
+		if dry := message.DryRunJobSubject(message.Action(kind)); d.Source == dry {
+			want = dry
+		}
 		if d.Source != want {
 			return skip("it names %q as its source; a %s dead letter comes from %s", headerValue(d.Source, 100), kind, want)
 		}

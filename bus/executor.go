@@ -180,6 +180,10 @@ func (e *executor[T]) deliver(ctx context.Context, m jetstream.Msg) {
 		e.log.Error().Err(err).Str("subject", m.Subject()).Msg("message without JetStream metadata ignored")
 		return
 	}
+	if e.c.Metrics != nil {
+		e.c.Metrics.working(e.c.Durable, 1)
+		defer e.c.Metrics.working(e.c.Durable, -1)
+	}
 	d := &delivery[T]{m: m, md: md, log: e.log}
 	d.a = Attempt{N: e.b.countedDeliveries(ctx, e.c.Durable, md), Max: e.c.MaxDeliver, Subject: m.Subject(), Seq: md.Sequence.Stream, Stored: md.Timestamp}
 	d.log = e.log.With().Uint64("stream_seq", d.a.Seq).Int("attempt", d.a.N).Logger()
@@ -426,13 +430,19 @@ func (h *heartbeat) stop() {
 
 // durableStream is the stream of one of the durable consumers.
 func (b *Bus) durableStream(durable string) (jetstream.Stream, error) {
+	var s jetstream.Stream
 	switch durable {
 	case ConsumerWorkers:
-		return b.jobs, nil
+		s = b.jobs
 	case ConsumerWriteback:
-		return b.results, nil
+		s = b.results
+	default:
+		return nil, fmt.Errorf("unknown consumer %q", durable)
 	}
-	return nil, fmt.Errorf("unknown consumer %q", durable)
+	if s == nil {
+		return nil, fmt.Errorf("consumer %s: its stream is not opened by role %s", durable, b.cfg.Role)
+	}
+	return s, nil
 }
 
 // ConsumerState is what JetStream says of a durable consumer.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -124,4 +125,26 @@ func (b *Bus) stopOrdered(stream string, cons jetstream.Consumer, it jetstream.M
 	if err := b.js.DeleteConsumer(ctx, stream, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		b.log.Debug().Err(err).Str("consumer", info.Name).Msg("could not delete a reader's consumer; the server drops it when idle")
 	}
+}
+
+// RunIDs returns the ids of the runs recorded, in no order. It reads the
+// bucket's keys from its stream's subjects (one request a page, the
+// permission status already has), not through a consumer.
+func (b *Bus) RunIDs(ctx context.Context) ([]string, error) {
+	s, err := b.js.Stream(ctx, "KV_"+BucketRuns)
+	if err != nil {
+		return nil, fmt.Errorf("runs: %w", err)
+	}
+	prefix := "$KV." + BucketRuns + "."
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
+	if err != nil {
+		return nil, fmt.Errorf("runs: %w", err)
+	}
+	ids := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		if id, ok := strings.CutPrefix(subj, prefix); ok && message.ValidRunID(id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }

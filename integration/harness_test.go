@@ -80,9 +80,11 @@ func (e *env) triageClient(rateLimit float64) worker.Triage {
 	return c
 }
 
+// worker is a worker as the command line builds one: with a read-only
+// reader for dry runs beside its own client.
 func (e *env) worker(b *bus.Bus, cfg worker.Config) *worker.Worker {
 	e.t.Helper()
-	w, err := worker.New(cfg, e.triageClient(0), b)
+	w, err := pipeline.NewWorker(context.Background(), pipeline.TriageSettings{BaseURL: e.tURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret}, cfg, b)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -76,6 +76,23 @@ func TestEveryRoleWorksWithItsOwnUserAndNoMore(t *testing.T) {
 		t.Fatalf("publisher's run: %v, %s", err, tally.Line(8))
 	}
 
+	// A dry run, through the same users: its jobs on their own subject,
+	// its claims under its own scope, its results settled by write-back.
+	dry, err := run.Publish(ctx, pub, run.Options{Action: message.ActionCreate, DryRun: true}, e.items(ctx, "perm"), e.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tally, _, err := run.Follow(ctx, pub, dry.ID, run.FollowOptions{WrittenBack: true}); err != nil || tally.Count(message.StatusExists) != 8 {
+		t.Fatalf("publisher's dry run: %v, %s", err, tally.Line(8))
+	}
+	// Each replica reads its own consumer's backlog for /metrics.
+	if _, err := wb.ConsumerState(ctx, bus.ConsumerWorkers); err != nil {
+		t.Errorf("worker reading its consumer's state: %v", err)
+	}
+	if _, err := bb.ConsumerState(ctx, bus.ConsumerWriteback); err != nil {
+		t.Errorf("write-back reading its consumer's state: %v", err)
+	}
+
 	// A failed job, for the viewer to list and the operator to replay.
 	e.triage.SetFailureRate(1)
 	bad, err := run.Publish(ctx, pub, run.Options{Action: message.ActionCreate}, itemsOf(sampleIndicators("perm-fail", 1)), e.log)
@@ -88,6 +105,9 @@ func TestEveryRoleWorksWithItsOwnUserAndNoMore(t *testing.T) {
 	viewer := as(bus.RoleViewer)
 	if tl, _, err := run.Status(ctx, viewer, rec.ID); err != nil || tl.Count(message.StatusCreated) != 8 {
 		t.Fatalf("viewer's status: %v", err)
+	}
+	if recs, err := run.Recent(ctx, viewer, 10); err != nil || len(recs) != 3 {
+		t.Fatalf("viewer's runs: %d, %v; want the three", len(recs), err)
 	}
 	letters := 0
 	if err := viewer.ListDLQ(ctx, "", func(bus.DeadLetter) bool { letters++; return true }); err != nil || letters != 1 {

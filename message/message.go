@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -35,6 +36,13 @@ const (
 
 	DLQInvalid   = DLQPrefix + string(LettersInvalid)
 	DLQWriteback = DLQPrefix + string(LettersWriteback)
+
+	// DryRunJobsPrefix + action: the jobs of a dry run. Under
+	// tqtriage.jobs.> (the same stream, consumer and permissions), but not
+	// tqtriage.jobs.<action>: a worker that predates dry runs refuses such
+	// a job as unparseable (dead letter on tqtriage.dlq.invalid) instead of
+	// ignoring its dry_run field and writing to Triage.
+	DryRunJobsPrefix = JobsPrefix + "dryrun."
 )
 
 // Action is what a job asks of Triage.
@@ -100,18 +108,33 @@ const (
 	StatusFailed   Status = "failed"    // retries could not fix it; dead-lettered
 )
 
-// Statuses lists every status in the order a summary prints them.
+// Statuses lists every status of an ordinary run in the order a summary
+// prints them.
 var Statuses = []Status{StatusCreated, StatusExists, StatusUpdated, StatusNotFound, StatusInvalid, StatusSkipped, StatusFailed}
 
-// Valid reports whether s is one of Statuses.
+// The statuses only a dry run answers: what would happen. A dry run also
+// answers exists, not_found, invalid, skipped and failed, never created or
+// updated.
+const (
+	StatusWouldCreate Status = "would_create" // not in Triage: the job would create it
+	StatusWouldUpdate Status = "would_update" // in Triage with another level or source: the job would set them
+	StatusUnchanged   Status = "unchanged"    // in Triage with the level and source the job would set
+)
+
+// DryRunStatuses lists the statuses only a dry run answers.
+var DryRunStatuses = []Status{StatusWouldCreate, StatusWouldUpdate, StatusUnchanged}
+
+// Valid reports whether s is one of Statuses or DryRunStatuses.
 func (s Status) Valid() bool {
-	for _, v := range Statuses {
-		if s == v {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(Statuses, s) || s.DryRunOnly()
 }
+
+// DryRunOnly reports whether only a dry run answers s.
+func (s Status) DryRunOnly() bool { return slices.Contains(DryRunStatuses, s) }
+
+// Writes reports whether an ordinary run's s means Triage was written to:
+// a dry run never answers it.
+func (s Status) Writes() bool { return s == StatusCreated || s == StatusUpdated }
 
 // Indicator is a ThreatQ indicator as a job carries it.
 type Indicator struct {
@@ -138,6 +161,10 @@ type Job struct {
 	// Threat Source), with their row ids: an update finds its Triage
 	// indicator by that ID. Optional: a job without them is looked up.
 	ThreatQAttributes []Attribute `json:"threatq_attributes,omitempty"`
+	// DryRun asks what the job would do, without any write to Triage or
+	// ThreatQ. A dry-run job is published on DryRunJobSubject, which
+	// ParseJob takes as dry whatever this field says.
+	DryRun bool `json:"dry_run,omitempty"`
 
 	problem string // set by ParseJob: see Problem
 }
@@ -192,6 +219,9 @@ type Result struct {
 	// older workers. Write-back applies the results of one ThreatQ
 	// indicator in this order.
 	AnsweredAt string `json:"answered_at,omitempty"`
+	// DryRun: the answer of a dry-run job, what would happen. It carries
+	// no attributes, and write-back writes nothing for it.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // AnsweredAtFormat is the layout of Result.AnsweredAt.
@@ -208,6 +238,9 @@ func (r Result) Answered() (time.Time, bool) {
 
 // JobSubject is the subject a job of action is published on.
 func JobSubject(action Action) string { return JobsPrefix + string(action) }
+
+// DryRunJobSubject is the subject a dry-run job of action is published on.
+func DryRunJobSubject(action Action) string { return DryRunJobsPrefix + string(action) }
 
 // ResultSubject is the default reply subject of a run.
 func ResultSubject(runID string) string { return ResultsPrefix + runID }
@@ -317,7 +350,13 @@ func ParseJob(subject string, data []byte) (Job, error) {
 	if _, err := ParseAction(string(j.Action)); err != nil {
 		return j, parseErr("action %q: want create or update", clip(string(j.Action), maxQuotedInError))
 	}
-	if subject != "" && subject != JobSubject(j.Action) {
+	switch subject {
+	case "", JobSubject(j.Action):
+	case DryRunJobSubject(j.Action):
+		// The subject says dry, whatever the field does: a job that
+		// would write must never pass for one that only reads.
+		j.DryRun = true
+	default:
 		return j, parseErr("action %q arrived on %s", j.Action, subject)
 	}
 	if j.Indicator.ID <= 0 {
@@ -379,6 +418,12 @@ func ParseResult(data []byte) (Result, error) {
 	if !r.Status.Valid() {
 		return r, fmt.Errorf("result: unknown status %q", r.Status)
 	}
+	if r.Status.DryRunOnly() && !r.DryRun {
+		return r, fmt.Errorf("result: status %q is a dry run's, and the result is not", r.Status)
+	}
+	if r.DryRun && r.Status.Writes() {
+		return r, fmt.Errorf("result: a dry run never answers %q", r.Status)
+	}
 	if err := CheckRunID(r.RunID); err != nil {
 		return r, fmt.Errorf("result: %w", err)
 	}
@@ -402,7 +447,7 @@ func NewResult(j Job, status Status, reason string) Result {
 	if status == StatusInvalid {
 		ind.Value = clipUTF8(ind.Value, maxResultValue)
 	}
-	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: ind, Status: status, Reason: reason}
+	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: ind, Status: status, Reason: reason, DryRun: j.DryRun}
 }
 
 // Encode writes v as JSON without HTML escaping: a value of '<' stays one

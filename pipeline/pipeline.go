@@ -19,6 +19,7 @@ import (
 
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/internal/httpclient"
+	"github.com/tqtriage/tqtriage/internal/httpmetrics"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/throttle"
 	"github.com/tqtriage/tqtriage/run"
@@ -34,22 +35,64 @@ type TriageSettings struct {
 	InsecureSkipVerify              bool   // TRIAGE_VERIFY_SSL=false
 	CAFile                          string // an extra CA bundle
 	RateLimit                       float64
+	// Metrics counts the client's requests (nil: none).
+	Metrics *httpmetrics.Metrics
+	// ReadOnly builds a client that can only read (a dry run's): any
+	// request but GET, and the token's POST, is refused before it is sent.
+	ReadOnly bool
 }
 
 // NewTriage returns a Triage client whose requests are paced by a
 // throttle of the settings' rate limit, which also pauses after every 429.
 // It makes one attempt per call: the worker retries.
 func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, error) {
-	th := throttle.New(s.RateLimit)
+	return newTriage(ctx, s, throttle.New(s.RateLimit))
+}
+
+func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*triage.Client, error) {
 	// The client keeps ctx for token renewals; a shutdown (ctx ending)
 	// must not stop the renewals of jobs finishing in their grace period.
 	return triage.New(context.WithoutCancel(ctx), triage.Config{
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
 		HTTP: httpclient.Options{
 			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
-			Wrap: func(rt http.RoundTripper) http.RoundTripper { return th.Transport(rt) },
+			// The throttle's waits are outside what the metrics time.
+			Wrap: func(rt http.RoundTripper) http.RoundTripper {
+				return th.Transport(s.Metrics.Wrap(httpmetrics.Triage, httpmetrics.TriageRoutes)(rt))
+			},
+			ReadOnly: s.ReadOnly, TokenPath: triage.TokenPath,
 		},
 	})
+}
+
+// NewWorker returns a worker on claims with two Triage clients built from
+// s: one for its jobs, and a read-only one for its dry runs, through which
+// a dry-run job reads and can do nothing else. With s.ReadOnly both are
+// read-only, and the worker takes dry-run jobs alone.
+func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims worker.Claims) (*worker.Worker, error) {
+	// One throttle: the replica's rate limit and 429 pauses hold for
+	// both.
+	th := throttle.New(s.RateLimit)
+	tc, err := newTriage(ctx, s, th)
+	if err != nil {
+		return nil, err
+	}
+	onlyDry := s.ReadOnly
+	s.ReadOnly = true
+	ro, err := newTriage(ctx, s, th)
+	if err != nil {
+		return nil, err
+	}
+	w, err := worker.New(cfg, tc, claims)
+	if err != nil {
+		return nil, err
+	}
+	w.WithReader(ro)
+	if onlyDry {
+		// Both clients read only: real jobs are not this one's.
+		w.OnlyDryRuns()
+	}
+	return w, nil
 }
 
 // ThreatQSettings connect to ThreatQ.
@@ -59,6 +102,10 @@ type ThreatQSettings struct {
 	InsecureSkipVerify              bool
 	CAFile                          string
 	AttributeSource                 string
+	Metrics                         *httpmetrics.Metrics // nil: none
+	// ReadOnly: as TriageSettings.ReadOnly (a dry run reads the
+	// collection and writes nothing back).
+	ReadOnly bool
 }
 
 // NewThreatQ returns a ThreatQ client. Reading collections retries by
@@ -67,7 +114,9 @@ func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*t
 	return threatq.New(context.WithoutCancel(ctx), threatq.Config{ // as in NewTriage
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
 		Email: s.Email, Password: s.Password, AttributeSource: s.AttributeSource,
-		HTTP:  httpclient.Options{InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile},
+		HTTP: httpclient.Options{InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
+			Wrap:     s.Metrics.Wrap(httpmetrics.ThreatQ, httpmetrics.ThreatQRoutes),
+			ReadOnly: s.ReadOnly, TokenPath: threatq.TokenPath},
 		Retry: policy,
 	})
 }

@@ -69,7 +69,11 @@ func (b *fakeBus) store(p bus.Publication) bus.PubAck {
 	if err := json.Unmarshal(p.Data, &j); err != nil {
 		panic(err)
 	}
-	if p.Subject != message.JobSubject(j.Action) {
+	if want := message.JobSubject(j.Action); j.DryRun {
+		if p.Subject != message.DryRunJobSubject(j.Action) {
+			panic("dry-run job published on " + p.Subject)
+		}
+	} else if p.Subject != want {
 		panic("job published on " + p.Subject)
 	}
 	b.jobs = append(b.jobs, j)
@@ -241,4 +245,25 @@ func (b *fakeBus) addStored(s bus.Stored) uint64 {
 		b.stored = append(b.stored, s)
 	})
 	return s.Seq
+}
+
+// RunIDs makes fakeBus a Lister.
+func (b *fakeBus) RunIDs(context.Context) ([]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ids []string
+	for id := range b.records {
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// addResultOf stores r as a result.
+func (b *fakeBus) addResultOf(t *testing.T, r message.Result) uint64 {
+	t.Helper()
+	data, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.addStored(bus.Stored{Data: data})
 }

@@ -19,7 +19,8 @@ type FollowOptions struct {
 	// (`publish --wait`).
 	WrittenBack bool
 	Progress    io.Writer     // where progress goes (nil: none)
-	Terminal    bool          // Progress is a terminal: redraw one line in place
+	Terminal    bool          // Progress is a terminal: redraw a bar in place
+	Width       int           // the terminal's columns (default 80): a longer line would wrap and not redraw
 	Every       time.Duration // how often progress is shown (default 200ms on a terminal, 5s otherwise)
 }
 
@@ -41,6 +42,7 @@ func (t *Tally) add(s bus.Stored) {
 
 // know tells the tally what the run's record says of its jobs.
 func (t *Tally) know(rec Record) {
+	t.dryRun = rec.DryRun
 	if rec.Published {
 		t.SetLimit(rec.MaxSeq)
 	}
@@ -83,11 +85,11 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 			return true
 		})
 	}()
-	p := progress{o: o}
-	line := func() string {
+	p := newProgress(o, time.Now())
+	line := func() snapshot {
 		mu.Lock()
 		defer mu.Unlock()
-		return progressLine(&tally, rec, o.WrittenBack)
+		return snapshotOf(&tally, rec, o.WrittenBack)
 	}
 	// finish stops the reader and waits for it, so that the tally
 	// returned is no longer written to.
@@ -131,43 +133,6 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 		}
 		p.show(line(), false)
 	}
-}
-
-// progressLine is the tally's line, with what the run still waits for.
-func progressLine(t *Tally, rec Record, writtenBack bool) string {
-	l := t.Line(rec.Total)
-	switch {
-	case !rec.Published:
-		l += " (still publishing)"
-	case writtenBack && t.awaiting > 0 && int64(t.done) >= rec.Total:
-		l += fmt.Sprintf(" (writing back %d)", t.awaiting)
-	}
-	return l
-}
-
-// progress shows a line: redrawn in place on a terminal, or printed every
-// so often.
-type progress struct {
-	o         FollowOptions
-	lastShown time.Time
-}
-
-func (p *progress) show(line string, final bool) {
-	if p.o.Progress == nil {
-		return
-	}
-	switch {
-	case p.o.Terminal:
-		fmt.Fprintf(p.o.Progress, "\r\033[K%s", line)
-		if final {
-			fmt.Fprintln(p.o.Progress)
-		}
-	case final || time.Since(p.lastShown) >= p.o.Every:
-		fmt.Fprintln(p.o.Progress, line)
-	default:
-		return
-	}
-	p.lastShown = time.Now()
 }
 
 // Status counts the results (and receipts) stored so far for run id.

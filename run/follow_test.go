@@ -112,7 +112,8 @@ func TestFollowCompletesWhenEveryJobHasAResult(t *testing.T) {
 	putRecord(t, b, Record{ID: "run-f1", Action: message.ActionCreate, Published: true, Total: 2})
 	b.addResult(t, "run-f1", 1, message.StatusCreated)
 	l, done := follow(context.Background(), b, "run-f1", false)
-	l.waitFor(t, "1/2 jobs: created 1")
+	l.waitFor(t, "1/2 jobs (50%")
+	l.waitFor(t, ": created 1")
 	stillFollowing(t, done)
 	b.addResult(t, "run-f1", 2, message.StatusInvalid)
 	f := wait(t, done)
@@ -239,7 +240,7 @@ func TestFollowShowsProgressInPlaceOnATerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := strings.Join(l.all, "")
-	if !strings.HasPrefix(out, "\r\033[K") || !strings.HasSuffix(out, "1/1 jobs: created 1\n") {
+	if !strings.HasPrefix(out, "\r\033[K") || !strings.HasSuffix(out, "] 1/1 100%: created 1\n") {
 		t.Fatalf("terminal output %q", out)
 	}
 }

@@ -21,6 +21,9 @@ type Options struct {
 	ID     string         // default: a new id; give an earlier one to resume its publishing
 	Action message.Action // create or update
 	Upsert bool           // update: create what is absent
+	// DryRun publishes jobs that ask what they would do, on
+	// message.DryRunJobSubject: workers read Triage and write nothing.
+	DryRun bool
 	// ThreatLevel and ThreatSource, when set, go in every job; empty ones
 	// leave the choice to the workers' configuration.
 	ThreatLevel, ThreatSource string
@@ -96,11 +99,16 @@ func begin(ctx context.Context, b Bus, o *Options) (rec, base Record, err error)
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = DefaultMaxInFlight
 	}
-	rec = Record{ID: o.ID, Action: o.Action, Source: o.Source, SourceName: o.SourceName, Upsert: o.Upsert, StartedAt: time.Now().UTC()}
+	rec = Record{ID: o.ID, Action: o.Action, Source: o.Source, SourceName: o.SourceName, Upsert: o.Upsert, DryRun: o.DryRun, StartedAt: time.Now().UTC()}
 	switch prev, err := Get(ctx, b, o.ID); {
 	case err == nil:
 		if prev.Action != o.Action {
 			return prev, base, fmt.Errorf("publish: run %s is a %s run; cannot resume it as %s", o.ID, prev.Action, o.Action)
+		}
+		if prev.DryRun != o.DryRun {
+			// Its jobs' message ids would drop the other kind's as
+			// repeats, and its results would be counted as theirs.
+			return prev, base, fmt.Errorf("publish: run %s is %s; cannot resume it as %s", o.ID, dryWord(prev.DryRun), dryWord(o.DryRun))
 		}
 		base = prev
 		rec.StartedAt = prev.StartedAt
@@ -123,6 +131,9 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 	defer acks.close()
 	res := sendResult{seq: seq}
 	subject := message.JobSubject(o.Action)
+	if o.DryRun {
+		subject = message.DryRunJobSubject(o.Action)
+	}
 	for it := range items {
 		if ctx.Err() != nil {
 			res.err = ctx.Err()
@@ -149,6 +160,7 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 			ThreatLevel: o.ThreatLevel, ThreatSource: o.ThreatSource, Upsert: o.Upsert,
 			ReplyTo:           message.ResultSubject(runID),
 			ThreatQAttributes: it.Attributes,
+			DryRun:            o.DryRun,
 		}
 		data, err := message.Encode(job)
 		if err != nil {
@@ -255,3 +267,10 @@ func resend(ctx context.Context, b Bus, p bus.Publication) (bus.PubAck, error) {
 type doneFuture struct{ ack bus.PubAck }
 
 func (d doneFuture) Wait(context.Context) (bus.PubAck, error) { return d.ack, nil }
+
+func dryWord(dry bool) string {
+	if dry {
+		return "a dry run"
+	}
+	return "a real run"
+}

@@ -38,7 +38,10 @@ type Record struct {
 	Source     string         `json:"source"`                // "collection <hash>", "file <path>" or "stdin"
 	SourceName string         `json:"source_name,omitempty"` // the collection's name, when known
 	Upsert     bool           `json:"upsert,omitempty"`
-	StartedAt  time.Time      `json:"started_at"`
+	// DryRun: the run asks what its jobs would do and writes nothing. A
+	// dry run cannot be resumed as a real one, nor the other way round.
+	DryRun    bool      `json:"dry_run,omitempty"`
+	StartedAt time.Time `json:"started_at"`
 	// Total is the number of jobs, known once publishing ends (Published).
 	Total int64 `json:"total"`
 	// MaxSeq is the highest seq given to a job: a resumed run numbers

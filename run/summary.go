@@ -40,6 +40,26 @@ var Meaning = map[message.Status]string{
 	message.StatusFailed:   "Triage could not be brought to answer; dead-lettered",
 }
 
+// DryRunMeaning says what each status of a dry run means: what the run
+// would do.
+var DryRunMeaning = map[message.Status]string{
+	message.StatusWouldCreate: "not in Triage; would be created",
+	message.StatusExists:      "already in Triage; create would leave it as it is",
+	message.StatusWouldUpdate: "in Triage; its level or source would change",
+	message.StatusUnchanged:   "in Triage with the level and source update would set",
+	message.StatusNotFound:    "not in Triage; update would change nothing",
+	message.StatusInvalid:     "unsupported type or bad value; would not be sent",
+	message.StatusSkipped:     "over the objects-per-run limit; would not be sent",
+	message.StatusFailed:      "Triage could not be read; dead-lettered",
+}
+
+func (t *Tally) meaning(s message.Status) string {
+	if t.dryRun {
+		return DryRunMeaning[s]
+	}
+	return Meaning[s]
+}
+
 // Header is the head of a run's summary: its id, action and source, and
 // what went wrong while publishing.
 func Header(r Record) string {
@@ -50,6 +70,9 @@ func Header(r Record) string {
 	h := fmt.Sprintf("run %s: %s from %s", r.ID, r.Action, src)
 	if r.Upsert {
 		h += ", upsert"
+	}
+	if r.DryRun {
+		h += ", dry run: what it would do; nothing is written to Triage or ThreatQ"
 	}
 	if r.Rejected > 0 {
 		h += fmt.Sprintf("; %d input lines or repeats not queued", r.Rejected)
@@ -65,23 +88,27 @@ func Header(r Record) string {
 // the results write-back could not write.
 func (t *Tally) Summary(w io.Writer, header string, total int64) {
 	fmt.Fprintln(w, header)
-	if total > 0 {
-		fmt.Fprintf(w, "  jobs        %d (results for %d)\n", total, t.done)
-	} else {
-		fmt.Fprintf(w, "  jobs        %d with a result\n", t.done)
+	col := 11 // the longest label; a dry run's would_create is longer
+	if t.dryRun {
+		col = 12
 	}
-	for _, s := range message.Statuses {
+	if total > 0 {
+		fmt.Fprintf(w, "  %-*s %d (results for %d)\n", col, "jobs", total, t.done)
+	} else {
+		fmt.Fprintf(w, "  %-*s %d with a result\n", col, "jobs", t.done)
+	}
+	for _, s := range statuses {
 		if n := t.Count(s); n > 0 {
-			fmt.Fprintf(w, "  %-11s %-6d %s\n", s, n, Meaning[s])
+			fmt.Fprintf(w, "  %-*s %-6d %s\n", col, s, n, t.meaning(s))
 		}
 	}
 	if t.unread > 0 {
-		fmt.Fprintf(w, "  unreadable  %-6d results that did not parse\n", t.unread)
+		fmt.Fprintf(w, "  %-*s %-6d results that did not parse\n", col, "unreadable", t.unread)
 	}
 	if t.apart > 0 {
-		fmt.Fprintf(w, "  apart       %-6d results naming no job of this run (a seq beyond its jobs); not counted\n", t.apart)
+		fmt.Fprintf(w, "  %-*s %-6d results naming no job of this run (a seq beyond its jobs); not counted\n", col, "apart", t.apart)
 	}
-	for _, s := range []message.Status{message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound} {
+	for _, s := range []message.Status{message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound, message.StatusWouldUpdate} {
 		var still []message.Result
 		for _, r := range t.examples[s] {
 			if t.latest(r) == s { // not since answered otherwise (a replay)
@@ -100,7 +127,7 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 		fmt.Fprintf(w, "  superseded  %-6d results not written back: a later result of the same ThreatQ indicator had been written\n", t.stale)
 	}
 	if t.wbFailed > 0 {
-		fmt.Fprintf(w, "  write-back  %d results could not be written to ThreatQ (dead letters on %s; `tqtriage dlq replay --action writeback`)\n", t.wbFailed, message.DLQWriteback)
+		fmt.Fprintf(w, "  %-*s %d results could not be written to ThreatQ (dead letters on %s; `tqtriage dlq replay --action writeback`)\n", col, "write-back", t.wbFailed, message.DLQWriteback)
 		for _, rc := range t.wbErrors {
 			if t.get(rc.Seq, rc.Indicator)&wbFailBit != 0 { // not since written (a replay)
 				fmt.Fprintf(w, "    indicator %d: %s\n", rc.Indicator, termsafe.Line(rc.Reason))

@@ -18,7 +18,7 @@ type Tally struct {
 	pages    []*page // (seq-1)/pageSize → the states of that range's jobs
 	limit    int64   // the run's highest seq, once known (0: not yet)
 	noSeq    map[int64]uint8
-	counts   [8]int
+	counts   [16]int // by statusIndex
 	done     int
 	unread   int // results that did not parse
 	apart    int // results beyond the run's jobs, not counted as jobs
@@ -27,6 +27,16 @@ type Tally struct {
 	stale    int // jobs whose latest result was older than one written since (a stale receipt)
 	examples map[message.Status][]message.Result
 	wbErrors []message.Receipt // a few dead-lettered write-backs
+	dryRun   bool              // the run is a dry run (its record says so)
+	reasons  reasons           // the first problems, grouped by reason (report.go)
+}
+
+// statuses are every status in the order a summary prints them: an
+// ordinary run's, with each of a dry run's beside what it stands for.
+var statuses = []message.Status{
+	message.StatusCreated, message.StatusWouldCreate, message.StatusExists,
+	message.StatusUpdated, message.StatusWouldUpdate, message.StatusUnchanged,
+	message.StatusNotFound, message.StatusInvalid, message.StatusSkipped, message.StatusFailed,
 }
 
 // Bounds of the index.
@@ -39,7 +49,7 @@ const (
 type page [pageSize]uint8
 
 // A job's state in one byte: the status of its latest result (1 + its
-// index in message.Statuses; 0: none yet), whether that result awaits its
+// index in statuses; 0: none yet), whether that result awaits its
 // receipt, whether its write-back was dead-lettered, and whether it was
 // left unwritten as older than a result of its indicator written since.
 const (
@@ -53,7 +63,7 @@ const (
 const maxExamples = 5
 
 func statusIndex(s message.Status) uint8 {
-	for i, v := range message.Statuses {
+	for i, v := range statuses {
 		if v == s {
 			return uint8(i + 1)
 		}
@@ -169,8 +179,9 @@ func (t *Tally) Add(r message.Result) {
 	// write-back of an earlier one stays counted until this one is
 	// settled.
 	t.set(r.Seq, r.Indicator.ID, idx|awaitBit|prev&(wbFailBit|staleBit))
+	t.reasons.add(r)
 	switch r.Status {
-	case message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound:
+	case message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound, message.StatusWouldUpdate:
 		if t.examples == nil {
 			t.examples = map[message.Status][]message.Result{}
 		}
@@ -256,13 +267,13 @@ func (t *Tally) latest(r message.Result) message.Status {
 	if v&statusMask == 0 {
 		return ""
 	}
-	return message.Statuses[v&statusMask-1]
+	return statuses[v&statusMask-1]
 }
 
-// Counts returns the non-zero counts by status, in message.Statuses order.
+// Counts returns the non-zero counts by status, in a summary's order.
 func (t *Tally) Counts() []StatusCount {
 	var out []StatusCount
-	for _, s := range message.Statuses {
+	for _, s := range statuses {
 		if n := t.Count(s); n > 0 {
 			out = append(out, StatusCount{s, n})
 		}

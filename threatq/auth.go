@@ -48,7 +48,10 @@ type token struct {
 	expiresAt time.Time // zero: the server gave no lifetime
 }
 
-const tokenPath = "/api/token"
+// TokenPath is where a token is asked for, below the base URL.
+const TokenPath = "/api/token"
+
+const tokenPath = TokenPath
 
 var errNoToken = errors.New("the token response has no access_token")
 

@@ -106,9 +106,11 @@ func (c Config) withDefaults() Config {
 
 // Worker handles jobs. It is safe for concurrent use.
 type Worker struct {
-	cfg    Config
-	triage Triage
-	claims Claims
+	cfg     Config
+	triage  Triage
+	claims  Claims
+	reader  Reader // dry runs read through it alone (dryrun.go)
+	onlyDry bool   // real jobs are not this worker's (OnlyDryRuns)
 }
 
 // New returns a worker.
@@ -144,6 +146,9 @@ func (w *Worker) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[messa
 
 // Handle decides what becomes of one job.
 func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus.Outcome {
+	if w.onlyDry && !job.DryRun {
+		return bus.Snooze(notDryAgain, "a worker that only does dry runs leaves real jobs to others")
+	}
 	if p := job.Problem(); p != "" {
 		return w.answer(ctx, job, a, message.StatusInvalid, p, false, nil)
 	}
@@ -160,6 +165,9 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 	source := w.cfg.ThreatSource
 	if job.ThreatSource != "" {
 		source = job.ThreatSource
+	}
+	if job.DryRun {
+		return w.dryRun(ctx, job, a, ind, level, source)
 	}
 
 	adm, err := w.claims.Claim(ctx, job.RunID, bus.ClaimKey(ind.ThreatType, ind.ThreatValue), w.cfg.ObjectsPerRun)
@@ -214,6 +222,8 @@ func (w *Worker) answer(ctx context.Context, job message.Job, a bus.Attempt, sta
 	}
 	if found != nil {
 		r.Triage = triageView(found)
+	}
+	if found != nil && !job.DryRun { // a dry run writes nothing back
 		switch status {
 		case message.StatusCreated, message.StatusExists:
 			r.Attributes = attributes(mapping.CreateAttributes(found.ID, found.ThreatLevel, found.ThreatSource))

@@ -1,7 +1,8 @@
 // Package writeback turns results into ThreatQ attributes: for each stored
 // result with attributes, it sets them on the result's ThreatQ indicator,
 // one value per name (package threatq does the list/change/add). Results
-// without attributes (invalid, skipped, failed, not_found) write nothing.
+// without attributes (invalid, skipped, failed, not_found) and a dry run's
+// results write nothing.
 // Every result it settles gets a receipt (message.Receipt), by which a run
 // knows that it is written back.
 //
@@ -47,6 +48,10 @@ type Config struct {
 	MaxDeliver int
 	// Concurrency is the number of results at once (default DefaultConcurrency).
 	Concurrency int
+	// OnlyDryRuns: this writer settles dry runs' results alone (`run
+	// --dry-run`, whose ThreatQ client is read-only); a real result is
+	// snoozed for another writer.
+	OnlyDryRuns bool
 }
 
 func (c Config) withDefaults() Config {
@@ -103,6 +108,14 @@ func (w *Writer) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[messa
 
 // Handle writes one result's attributes.
 func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bus.Outcome {
+	if r.DryRun {
+		// What a dry run would do is not written anywhere; the receipt
+		// lets its run complete.
+		return bus.Done("dry_run", receipt(r, a, message.ReceiptNothing, ""))
+	}
+	if w.cfg.OnlyDryRuns {
+		return bus.Snooze(15*time.Second, "a write-back that only settles dry runs leaves real results to others")
+	}
 	if len(r.Attributes) == 0 {
 		return bus.Done("nothing", receipt(r, a, message.ReceiptNothing, ""))
 	}

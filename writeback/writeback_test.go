@@ -222,3 +222,28 @@ func TestConsumerRunsTheWriterOnTheWritebackConsumer(t *testing.T) {
 		t.Fatalf("Decode = %+v, %v", r, err)
 	}
 }
+
+func TestDryRunResultsAreSettledWithoutAWrite(t *testing.T) {
+	tq := &fakeThreatQ{}
+	r := created()
+	r.Status, r.DryRun = message.StatusExists, true // attributes and all: nothing is written for a dry run
+	out := writeback.New(writeback.Config{}, tq).Handle(context.Background(), r, attempt)
+	if out.Kind() != bus.KindDone || out.Label() != "dry_run" {
+		t.Fatalf("outcome %s %q; want done \"dry_run\"", out.Kind(), out.Label())
+	}
+	if rc := receipt(t, out, r); rc.Outcome != message.ReceiptNothing {
+		t.Errorf("receipt %+v; want nothing", rc)
+	}
+	if tq.count() != 0 {
+		t.Errorf("ThreatQ was written %d times for a dry run", tq.count())
+	}
+
+	// A writer of dry runs only leaves real results to others, untouched.
+	only := writeback.New(writeback.Config{OnlyDryRuns: true}, tq)
+	if out := only.Handle(context.Background(), created(), attempt); out.Kind() != bus.KindSnooze || tq.count() != 0 {
+		t.Fatalf("a real result to a dry-run writer: %s, %d writes", out.Kind(), tq.count())
+	}
+	if out := only.Handle(context.Background(), r, attempt); out.Label() != "dry_run" {
+		t.Fatalf("a dry-run result to a dry-run writer: %s", out.Label())
+	}
+}

@@ -421,7 +421,7 @@ func startNATS(t *testing.T) string {
 
 var (
 	runIDLine  = regexp.MustCompile(`^(\d{8}T\d{6}-[0-9a-f]{8})\n`)
-	statusLine = regexp.MustCompile(`(?m)^  (created|exists|updated|not_found|invalid|skipped|failed)\s+(\d+)\s`)
+	statusLine = regexp.MustCompile(`(?m)^  (created|exists|updated|not_found|invalid|skipped|failed|would_create|would_update|unchanged)\s+(\d+)\s`)
 )
 
 // runID is the run id a publish or run prints on its first line.
@@ -866,6 +866,9 @@ func TestUsageErrorsExit2NamingFlagAndVariable(t *testing.T) {
 		{"missing secret file", ok.without("TRIAGE_CLIENT_SECRET").with("TRIAGE_CLIENT_SECRET_FILE", secretFile+".gone"), []string{"worker"}, []string{"$TRIAGE_CLIENT_SECRET_FILE"}},
 		{"secret as a flag", ok, []string{"worker", "--triage-client-secret", testSecret}, []string{"flag provided but not defined: -triage-client-secret"}},
 		{"status without a run id", ok, []string{"status"}, []string{"run id"}},
+		{"a report without a wait", ok, []string{"publish", "--action", "create", "--file", "x.csv", "--report", "r.json"}, []string{"--report needs --wait"}},
+		{"runs with an argument", ok, []string{"runs", "extra"}, []string{"runs takes no arguments"}},
+		{"runs with no room", ok, []string{"runs", "--limit", "0"}, []string{"--limit"}},
 		{"dlq without a verb", ok, []string{"dlq"}, []string{"list|replay"}},
 		{"replay of invalid", ok, []string{"dlq", "replay", "--action", "invalid"}, []string{"cannot be replayed"}},
 		{"unknown command", ok, []string{"frobnicate"}, []string{`unknown command "frobnicate"`, "usage: tqtriage <command>"}},
@@ -931,11 +934,16 @@ func TestDemoShowsCreateThenUpdate(t *testing.T) {
 	if r.took > 20*time.Second {
 		t.Errorf("the demo took %v", r.took)
 	}
-	headers := regexp.MustCompile(`(?m)^run \S+: (create|update) from collection `).FindAllStringSubmatch(r.stdout, -1)
-	if len(headers) != 2 || headers[0][1] != "create" || headers[1][1] != "update" {
-		t.Fatalf("want a create summary then an update summary: %v", r)
+	headers := regexp.MustCompile(`(?m)^run \S+: (create|update) from collection .*?(, dry run: .*)?$`).FindAllStringSubmatch(r.stdout, -1)
+	if len(headers) != 3 || headers[0][1] != "create" || headers[0][2] == "" || headers[1][1] != "create" || headers[1][2] != "" || headers[2][1] != "update" {
+		t.Fatalf("want a dry run of create, then a create summary, then an update summary: %v", r)
 	}
-	create, update := r.stdout[:strings.Index(r.stdout, "2. update")], r.stdout[strings.Index(r.stdout, "2. update"):]
+	dry := r.stdout[:strings.Index(r.stdout, "2. create")]
+	create, update := r.stdout[strings.Index(r.stdout, "2. create"):strings.Index(r.stdout, "3. update")], r.stdout[strings.Index(r.stdout, "3. update"):]
+	// The dry run foretold what create did.
+	if d, c := counts(dry), counts(create); d["would_create"] != c["created"] || d["exists"] != c["exists"] || d["invalid"] != c["invalid"] || d["created"] != 0 {
+		t.Errorf("the dry run says %v, create did %v: %v", d, c, r)
+	}
 	if c := counts(create); c["created"] == 0 || c["invalid"] == 0 || c["failed"] != 0 {
 		t.Errorf("create summary counts %v: %v", c, r)
 	}
@@ -961,15 +969,16 @@ func TestHelpListsFlagsWithTheirEnvironmentVariables(t *testing.T) {
 	}{
 		{[]string{"worker"}, []string{"-nats-url", "[$NATS_URL]", "-triage-base-url", "[$TRIAGE_BASE_URL]", "[$TRIAGE_CLIENT_ID]", "$TRIAGE_CLIENT_SECRET_FILE", "[$TRIAGE_THREAT_LEVEL] (default \"Malicious\")", "[$TRIAGE_OBJECTS_PER_RUN]", "[$TRIAGE_VERIFY_SSL] (default true)", "[$TRIAGE_SOURCE]", "[$TRIAGE_RATE_LIMIT]", "[$WORKER_CONCURRENCY]", "[$HTTP_ADDR]", "[$LOG_LEVEL]", "[$LOG_FORMAT]", "[$NATS_CREDS]", "[$NATS_TLS_CA]"}},
 		{[]string{"writeback"}, []string{"-threatq-base-url", "[$THREATQ_BASE_URL]", "[$THREATQ_CLIENT_ID]", "$THREATQ_CLIENT_SECRET_FILE", "[$THREATQ_VERIFY_SSL]", "[$THREATQ_EMAIL]", "[$THREATQ_ATTRIBUTE_SOURCE]", "[$NATS_URL]"}},
-		{[]string{"publish"}, []string{"-action", "-collection", "-file", "-upsert", "-wait", "[$NATS_URL]", "[$THREATQ_BASE_URL]"}},
+		{[]string{"publish"}, []string{"-action", "-collection", "-file", "-upsert", "-wait", "-dry-run", "-report", "[$NATS_URL]", "[$THREATQ_BASE_URL]"}},
 		{[]string{"run"}, []string{"-action", "-collection", "-file", "-upsert", "-data-dir", "[$TQTRIAGE_DATA_DIR]", "[$NATS_URL]", "[$TRIAGE_BASE_URL]", "[$THREATQ_BASE_URL]"}},
-		{[]string{"status"}, []string{"RUN_ID", "[$NATS_URL]"}},
-		{[]string{"dlq", "list"}, []string{"-action", "[$NATS_URL]"}},
+		{[]string{"status"}, []string{"RUN_ID", "-json", "[$NATS_URL]"}},
+		{[]string{"runs"}, []string{"-limit", "-json", "[$NATS_URL]"}},
+		{[]string{"dlq", "list"}, []string{"-action", "-json", "[$NATS_URL]"}},
 		{[]string{"dlq", "replay"}, []string{"-action", "[$NATS_URL]"}},
 		{[]string{"dlq"}, []string{"list|replay"}},
 		{[]string{"demo"}, []string{"-size", "[$DEMO_SIZE]"}},
 		{[]string{"sim"}, []string{"-triage-addr", "[$SIM_TRIAGE_ADDR]", "[$SIM_TRIAGE_FAILURE_RATE]", "[$SIM_SAMPLE]"}},
-		{nil, []string{"worker", "writeback", "publish", "run", "status", "dlq", "demo", "sim"}},
+		{nil, []string{"worker", "writeback", "publish", "run", "status", "runs", "dlq", "demo", "sim"}},
 	} {
 		for _, h := range []string{"-h", "--help"} {
 			args := append(slices.Clone(c.args), h)

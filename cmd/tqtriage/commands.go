@@ -14,10 +14,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/httpmetrics"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
@@ -25,7 +25,6 @@ import (
 	"github.com/tqtriage/tqtriage/run"
 	"github.com/tqtriage/tqtriage/threatq"
 	"github.com/tqtriage/tqtriage/threatq/export"
-	"github.com/tqtriage/tqtriage/worker"
 )
 
 const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
@@ -33,16 +32,16 @@ const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return runReplica(ctx, args, stdout, stderr, "worker", bus.RoleWorker, addTriage, func(s *settings) buildFunc {
 		t := readTriage(s)
-		return func(ctx context.Context) (serveFunc, error) {
-			tc, err := pipeline.NewTriage(ctx, t.settings)
+		return func(ctx context.Context, hm *httpmetrics.Metrics) (serveFunc, error) {
+			t.settings.Metrics = hm
+			// Built before NATS is tried; the claims come with the bus.
+			var claims lateClaims
+			w, err := pipeline.NewWorker(ctx, t.settings, t.worker, &claims)
 			if err != nil {
 				return nil, err
 			}
 			return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
-				w, err := worker.New(t.worker, tc, b)
-				if err != nil {
-					return err
-				}
+				claims.Claims = b
 				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
 				return pipeline.ServeWorkers(ctx, b, w, log, m)
 			}, nil
@@ -55,7 +54,8 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return runReplica(ctx, args, stdout, stderr, "writeback", bus.RoleWriteback, addFlags, func(s *settings) buildFunc {
 		t := readThreatQ(s, "to write attributes back")
 		cfg := readWriteback(s, &t)
-		return func(ctx context.Context) (serveFunc, error) {
+		return func(ctx context.Context, hm *httpmetrics.Metrics) (serveFunc, error) {
+			t.Metrics = hm
 			wr, err := newWriter(ctx, t, cfg)
 			if err != nil {
 				return nil, err
@@ -72,7 +72,7 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // settings (so that a bad address or secret fails before NATS is tried),
 // then its service on the connected bus, which serves until ctx ends.
 type (
-	buildFunc func(ctx context.Context) (serveFunc, error)
+	buildFunc func(ctx context.Context, hm *httpmetrics.Metrics) (serveFunc, error)
 	serveFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error
 )
 
@@ -92,7 +92,8 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	serve, err := build(ctx)
+	m := pipeline.NewMetrics()
+	serve, err := build(ctx, m.HTTP)
 	if err != nil {
 		return err
 	}
@@ -101,13 +102,13 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 		return err
 	}
 	defer b.Close()
-	reg := prometheus.NewRegistry()
-	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), reg, natsReady(b), log)
+	m.WatchConsumers(b, roleConsumers[role]...)
+	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), m, natsReady(b), log)
 	if err != nil {
 		return err
 	}
 	defer stopHTTP()
-	err = serve(ctx, b, log, bus.NewMetrics(reg))
+	err = serve(ctx, b, log, m.Bus)
 	log.Info().Msg(strings.Replace(name, "writeback", "write-back", 1) + " stopped")
 	return err
 }
@@ -120,6 +121,7 @@ func addPublish(s *settings) {
 	s.addBool("upsert", "", false, "update: create the indicators Triage does not have")
 	s.add("run-id", "", "", "run id (default: a new one); an earlier one resumes its publishing, repeats dropped")
 	s.add("page-size", "THREATQ_PAGE_SIZE", strconv.Itoa(threatq.DefaultPageSize), fmt.Sprintf("indicators per page when reading a collection (1 to %d)", threatq.MaxPageSize))
+	addRunOutput(s)
 }
 
 // publishSetup is what the flags of one run say.
@@ -129,11 +131,13 @@ type publishSetup struct {
 	file       string
 	pageSize   int
 	threatq    pipeline.ThreatQSettings // to read a collection
+	report     string                   // --report FILE
 }
 
 func readPublish(s *settings) publishSetup {
 	p := publishSetup{
-		opts:       run.Options{Upsert: s.boolean("upsert"), ID: s.str("run-id")},
+		opts:       run.Options{Upsert: s.boolean("upsert"), ID: s.str("run-id"), DryRun: s.boolean("dry-run")},
+		report:     s.str("report"),
 		collection: s.str("collection"),
 		file:       s.str("file"),
 		pageSize:   s.integer("page-size", 1),
@@ -153,6 +157,7 @@ func readPublish(s *settings) publishSetup {
 	}
 	if p.collection != "" {
 		p.threatq = readThreatQ(s, "to read a collection")
+		p.threatq.ReadOnly = p.opts.DryRun
 	}
 	if p.pageSize > threatq.MaxPageSize {
 		s.errs = append(s.errs, fmt.Errorf("%s=%d: at most %d", s.name("page-size"), p.pageSize, threatq.MaxPageSize))
@@ -169,7 +174,7 @@ func readPublish(s *settings) publishSetup {
 }
 
 // source opens the run's input. close must be called when publishing ends.
-func (p *publishSetup) source(ctx context.Context, stdin io.Reader) (iter.Seq[run.Item], func(), error) {
+func (p *publishSetup) source(ctx context.Context, stdin io.Reader, m *pipeline.Metrics) (iter.Seq[run.Item], func(), error) {
 	if p.file != "" {
 		var r io.Reader = stdin
 		closeFn := func() {}
@@ -185,6 +190,7 @@ func (p *publishSetup) source(ctx context.Context, stdin io.Reader) (iter.Seq[ru
 		}
 		return run.FromExport(export.NewReader(r)), closeFn, nil
 	}
+	p.threatq.Metrics = m.HTTP
 	tq, err := pipeline.NewThreatQ(ctx, p.threatq, retry.Policy{MaxAttempts: 6})
 	if err != nil {
 		return nil, nil, err
@@ -197,7 +203,7 @@ func (p *publishSetup) source(ctx context.Context, stdin io.Reader) (iter.Seq[ru
 }
 
 func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("publish", "publish --action create|update (--collection HASH | --file PATH|-) [--upsert] [--wait] [flags]", stdout, stderr)
+	s := newSettings("publish", "publish --action create|update (--collection HASH | --file PATH|-) [--upsert] [--dry-run] [--wait [--report FILE]] [flags]", stdout, stderr)
 	addPublish(s)
 	s.addBool("wait", "", false, "follow the run until every job has a result, then print the summary")
 	addNATS(s, natsURLHelp)
@@ -208,10 +214,14 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	p := readPublish(s)
+	if p.report != "" && !s.boolean("wait") {
+		s.errs = append(s.errs, errors.New("--report needs --wait: the report is written when the run is complete"))
+	}
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	items, closeSrc, err := p.source(ctx, os.Stdin)
+	m := pipeline.NewMetrics()
+	items, closeSrc, err := p.source(ctx, os.Stdin, m)
 	if err != nil {
 		return err
 	}
@@ -228,19 +238,23 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil || !s.boolean("wait") {
 		return err
 	}
-	tally, rec, err := run.Follow(ctx, b, rec.ID, run.FollowOptions{Progress: stderr, Terminal: isTerminal(stderr)})
+	tally, rec, err := run.Follow(ctx, b, rec.ID, followOptions(stderr))
+	failed := tally != nil && tally.Count(message.StatusFailed) > 0
+	if rerr := writeReport(p.report, rec, tally, failed, m); rerr != nil {
+		return errors.Join(err, rerr)
+	}
 	if err != nil {
 		return err
 	}
 	tally.Summary(stdout, run.Header(rec), rec.Total)
-	if tally.Count(message.StatusFailed) > 0 {
+	if failed {
 		return errSilent
 	}
 	return nil
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("run", "run --action create|update (--collection HASH | --file PATH|-) [--upsert] [flags]", stdout, stderr)
+	s := newSettings("run", "run --action create|update (--collection HASH | --file PATH|-) [--upsert] [--dry-run] [--report FILE] [flags]", stdout, stderr)
 	addPublish(s)
 	addNATS(s, "NATS server (default: an embedded one, its store under --data-dir)")
 	s.add("data-dir", "TQTRIAGE_DATA_DIR", "data", "store of the embedded NATS server")
@@ -263,7 +277,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	items, closeSrc, err := p.source(ctx, os.Stdin)
+	if p.opts.DryRun {
+		// Nothing this process holds can write: real jobs and results
+		// met on a shared server are left to other replicas.
+		t.settings.ReadOnly, q.ReadOnly, wcfg.OnlyDryRuns = true, true, true
+	}
+	m := pipeline.NewMetrics()
+	items, closeSrc, err := p.source(ctx, os.Stdin, m)
 	if err != nil {
 		return err
 	}
@@ -274,22 +294,28 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer shutdown()
-	w, err := newWorker(ctx, t, b)
+	w, err := newWorker(ctx, t, b, m)
 	if err != nil {
 		return err
 	}
+	q.Metrics = m.HTTP
 	wr, err := newWriter(ctx, q, wcfg)
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), reg, natsReady(b), log)
+	m.WatchConsumers(b, bus.ConsumerWorkers, bus.ConsumerWriteback)
+	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), m, natsReady(b), log)
 	if err != nil {
 		return err
 	}
 	defer stopHTTP()
-	once := pipeline.Once{Bus: b, Worker: w, Writer: wr, Log: log, Metrics: bus.NewMetrics(reg)}
-	out, err := once.Run(ctx, p.opts, items, run.FollowOptions{Progress: stderr, Terminal: isTerminal(stderr)})
+	once := pipeline.Once{Bus: b, Worker: w, Writer: wr, Log: log, Metrics: m.Bus}
+	out, err := once.Run(ctx, p.opts, items, followOptions(stderr))
+	if out.Record.ID != "" {
+		if rerr := writeReport(p.report, out.Record, out.Tally, out.Failed(), m); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
 	return finishRun(stdout, out, err)
 }
 
@@ -337,7 +363,8 @@ func connectOrEmbed(ctx context.Context, s *settings, log zerolog.Logger) (*bus.
 }
 
 func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	s := newSettings("status", "status RUN_ID [flags]", stdout, stderr)
+	s := newSettings("status", "status RUN_ID [--json] [flags]", stdout, stderr)
+	s.addBool("json", "", false, "print one JSON document, the run's report (docs/operations.md)")
 	addNATS(s, natsURLHelp)
 	addLog(s)
 	if err := s.parse(args); err != nil {
@@ -371,6 +398,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	if s.boolean("json") {
+		return run.NewReport(rec, tally).Write(stdout)
+	}
 	state := "complete"
 	switch {
 	case !rec.Published:
@@ -400,6 +430,9 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	verb := args[0]
 	s := newSettings("dlq "+verb, "dlq "+verb+" [--action A] [flags]", stdout, stderr)
 	s.add("action", "", "", "only the dead letters of this action: create, update, writeback (and invalid, for list)")
+	if verb == "list" {
+		s.addBool("json", "", false, "print one JSON object a line, each dead letter with its data cut to 4 KiB (docs/operations.md)")
+	}
 	addNATS(s, natsURLHelp)
 	addLog(s)
 	if err := s.parse(args[1:]); err != nil {
@@ -445,6 +478,14 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			err = errSilent
 		}
 		return err
+	}
+	if s.boolean("json") {
+		var werr error
+		err = b.ListDLQ(ctx, kind, func(d bus.DeadLetter) bool {
+			werr = writeDeadLetterJSON(stdout, d)
+			return werr == nil
+		})
+		return errors.Join(err, werr)
 	}
 	n := 0
 	err = b.ListDLQ(ctx, kind, func(d bus.DeadLetter) bool {

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
@@ -195,12 +193,9 @@ func readWriteback(s *settings, t *pipeline.ThreatQSettings) writeback.Config {
 }
 
 // newWorker builds a worker on b from the Triage settings.
-func newWorker(ctx context.Context, t triageSetup, b *bus.Bus) (*worker.Worker, error) {
-	tc, err := pipeline.NewTriage(ctx, t.settings)
-	if err != nil {
-		return nil, err
-	}
-	return worker.New(t.worker, tc, b)
+func newWorker(ctx context.Context, t triageSetup, b *bus.Bus, m *pipeline.Metrics) (*worker.Worker, error) {
+	t.settings.Metrics = m.HTTP
+	return pipeline.NewWorker(ctx, t.settings, t.worker, b)
 }
 
 func newWriter(ctx context.Context, t pipeline.ThreatQSettings, cfg writeback.Config) (*writeback.Writer, error) {
@@ -213,13 +208,13 @@ func newWriter(ctx context.Context, t pipeline.ThreatQSettings, cfg writeback.Co
 
 // serveHTTP serves /metrics, /healthz and /readyz on addr until ctx ends.
 // ready reports whether the process can do its work (NATS connected).
-func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, ready func() error, log zerolog.Logger) (func(), error) {
+func serveHTTP(ctx context.Context, addr string, m *pipeline.Metrics, ready func() error, log zerolog.Logger) (func(), error) {
 	if addr == "" {
 		return func() {}, nil
 	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.WatchReady(ready)
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := ready(); err != nil {
@@ -253,6 +248,19 @@ func natsReady(b *bus.Bus) func() error {
 		}
 		return nil
 	}
+}
+
+// terminalWidth is the columns of w when it is a terminal (0: unknown).
+func terminalWidth(w io.Writer) int {
+	f, ok := w.(*os.File)
+	if !ok {
+		return 0
+	}
+	cols, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return cols
 }
 
 // isTerminal reports whether f is a terminal (for progress redrawn in place).

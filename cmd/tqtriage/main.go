@@ -25,10 +25,11 @@ usage: tqtriage <command> [flags]
 commands:
   worker     consume jobs and call Triage
   writeback  consume results and write attributes to ThreatQ
-  publish    publish one run: --action create|update (--collection HASH | --file PATH|-) [--upsert] [--wait]
+  publish    publish one run: --action create|update (--collection HASH | --file PATH|-) [--upsert] [--dry-run] [--wait [--report FILE]]
   run        the whole pipeline in one process (same flags as publish)
-  status     RUN_ID: counts of a run by status
-  dlq        list | replay [--action A]: look at and re-send dead letters
+  status     RUN_ID [--json]: counts of a run by status
+  runs       the runs started last, with their counts [--json]
+  dlq        list [--json] | replay [--action A]: look at and re-send dead letters
   setup      create or update the streams, consumers and buckets (once, as an operator)
   demo       run against local Triage and ThreatQ simulators, no account needed
   sim        serve the Triage and ThreatQ simulators
@@ -94,6 +95,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdRun(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
+	case "runs":
+		return cmdRuns(ctx, rest, stdout, stderr)
 	case "dlq":
 		return cmdDLQ(ctx, rest, stdout, stderr)
 	case "setup":

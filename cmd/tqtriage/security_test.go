@@ -92,6 +92,23 @@ func TestDeadLetterListEscapesWhatCouldRewriteTheTerminal(t *testing.T) {
 	if !strings.Contains(r.stdout, `\x1b[2J`) || !strings.Contains(r.stdout, `\u202e`) {
 		t.Fatalf("dlq list hides what the letter holds:\n%s", r.stdout)
 	}
+
+	// As JSON for scripts: one object a line, escaped, meaning the bytes.
+	r = tq(t, minimal().with("NATS_URL", url), "", "dlq", "list", "--json")
+	mustCode(t, r, 0)
+	if strings.ContainsAny(r.stdout, "\x1b\x07\r") || strings.Contains(r.stdout, "\u202e") || strings.Count(r.stdout, "\n") != 1 {
+		t.Fatalf("dlq list --json printed control characters raw, or not one line:\n%q", r.stdout)
+	}
+	var d struct {
+		Subject, Reason, Source, Data string
+		Size                          int
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &d); err != nil {
+		t.Fatalf("dlq list --json: %v\n%s", err, r.stdout)
+	}
+	if d.Subject != message.DLQInvalid || d.Reason != "not JSON \x1b]0;owned\x07" || d.Data != "\x1b[2J\x1b[Hgotcha\r\nfake line\u202e" || d.Source != "tqtriage.jobs.create" {
+		t.Fatalf("dlq list --json says %+v", d)
+	}
 }
 
 // TestReplayBelievesOnlySubjectsALetterCanComeFrom: a letter whose header

@@ -210,13 +210,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		title string
 		opts  run.Options
 	}{
-		{"1. create: every valid indicator becomes a Triage threat indicator (Malicious)", run.Options{Action: message.ActionCreate}},
-		{"2. update: the same collection again, now Suspicious; the ThreatQ attributes change in place", run.Options{Action: message.ActionUpdate, ThreatLevel: "Suspicious"}},
+		{"1. dry run of create: what it would do, reading Triage and writing nothing", run.Options{Action: message.ActionCreate, DryRun: true}},
+		{"2. create: every valid indicator becomes a Triage threat indicator (Malicious)", run.Options{Action: message.ActionCreate}},
+		{"3. update: the same collection again, now Suspicious; the ThreatQ attributes change in place", run.Options{Action: message.ActionUpdate, ThreatLevel: "Suspicious"}},
 	} {
 		fmt.Fprintln(stdout, step.title)
 		step.opts.Source = "collection " + sample.CollectionHash
 		step.opts.SourceName = sample.CollectionName
-		out, err := once.Run(ctx, step.opts, run.FromCollection(ctx, tq, sample.CollectionHash, 100), run.FollowOptions{Progress: stderr, Terminal: isTerminal(stderr)})
+		out, err := once.Run(ctx, step.opts, run.FromCollection(ctx, tq, sample.CollectionHash, 100), followOptions(stderr))
 		if out.Tally != nil {
 			out.Tally.Summary(stdout, run.Header(out.Record), out.Record.Total)
 		}
@@ -244,11 +245,8 @@ func demoPipeline(ctx context.Context, sm *sims, storeDir string, log zerolog.Lo
 		stop()
 		return pipeline.Once{}, nil, nil, err
 	}
-	tc, err := pipeline.NewTriage(ctx, pipeline.TriageSettings{BaseURL: sm.triageURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret})
-	if err != nil {
-		return fail(err)
-	}
-	w, err := worker.New(worker.Config{}, tc, b)
+	triage := pipeline.TriageSettings{BaseURL: sm.triageURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret}
+	w, err := pipeline.NewWorker(ctx, triage, worker.Config{}, b)
 	if err != nil {
 		return fail(err)
 	}

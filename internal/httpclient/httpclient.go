@@ -36,6 +36,13 @@ type Options struct {
 	// Wrap, when set, wraps the transport of New's client: a request rate
 	// limit, metrics. It sees every request, retries included.
 	Wrap func(http.RoundTripper) http.RoundTripper
+	// ReadOnly makes a client that sends only GET and HEAD requests, and a
+	// POST to a path ending in TokenPath (the OAuth token request); any
+	// other request fails with ErrReadOnly before it is sent, before Wrap
+	// sees it. A dry run's clients are built so: no code path of theirs can
+	// write, whatever it calls.
+	ReadOnly  bool
+	TokenPath string
 }
 
 // NewTransport returns a transport configured by o.
@@ -86,6 +93,9 @@ func New(o Options) (*http.Client, error) {
 	var rt http.RoundTripper = t
 	if o.Wrap != nil {
 		rt = o.Wrap(t)
+	}
+	if o.ReadOnly {
+		rt = readOnly{tokenPath: o.TokenPath, base: rt}
 	}
 	return &http.Client{Transport: rt, Timeout: timeout}, nil
 }

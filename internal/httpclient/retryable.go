@@ -20,7 +20,9 @@ import (
 //     by waiting;
 //   - TLS spoken to a port that does not speak it (a TLS record-header
 //     error, or http.ErrSchemeMismatch when the port answered in plain
-//     HTTP): the address is misconfigured.
+//     HTTP): the address is misconfigured;
+//   - a request a read-only client refused (ErrReadOnly): sending it would
+//     be a bug.
 //
 // Decoding an answer, or an answer too large, is not a transport failure:
 // the clients decide about those themselves.
@@ -39,6 +41,8 @@ func TransportRetryable(err error) bool {
 	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname), errors.As(err, &invalid):
 		return false
 	case errors.As(err, &record), errors.Is(err, http.ErrSchemeMismatch):
+		return false
+	case errors.Is(err, ErrReadOnly):
 		return false
 	}
 	return true

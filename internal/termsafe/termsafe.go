@@ -85,3 +85,33 @@ func unsafe(r rune) bool {
 	}
 	return false
 }
+
+// JSON returns JSON text with every rune unsafe on a terminal that its
+// encoder left as it is (DEL, C1 controls, bidirectional controls: JSON
+// escapes only those below 0x20) written as a \u escape instead. The JSON
+// means exactly the same to a parser; printed, it cannot rewrite the
+// screen. data must be valid JSON, as encoding/json writes it (invalid
+// UTF-8 already replaced).
+func JSON(data []byte) []byte {
+	clean := true
+	for _, c := range data {
+		if c == 0x7f || c >= 0x80 {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return data
+	}
+	out := make([]byte, 0, len(data)+16)
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if unsafe(r) {
+			out = fmt.Appendf(out, `\u%04x`, r) // all below 0x10000
+		} else {
+			out = append(out, data[i:i+size]...)
+		}
+		i += size
+	}
+	return out
+}

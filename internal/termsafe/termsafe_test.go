@@ -1,6 +1,10 @@
 package termsafe
 
-import "testing"
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
 
 func TestLineEscapesWhatCouldRewriteATerminal(t *testing.T) {
 	for in, want := range map[string]string{
@@ -19,5 +23,26 @@ func TestLineEscapesWhatCouldRewriteATerminal(t *testing.T) {
 	}
 	if got := Text("one\ntwo\x1b]0;title\x07"); got != "one\ntwo\\x1b]0;title\\x07" {
 		t.Errorf("Text = %q", got)
+	}
+}
+
+func TestJSONEscapesWhatItsEncoderLeftRaw(t *testing.T) {
+	in := map[string]string{"v": "a\x7fb\u0085c\u202ed\u2066e é ok \x1b"}
+	data, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := JSON(data)
+	for _, bad := range []string{"\x7f", "\u0085", "\u202e", "\u2066", "\x1b"} {
+		if strings.Contains(string(out), bad) {
+			t.Errorf("%q left raw in %s", bad, out)
+		}
+	}
+	var back map[string]string
+	if err := json.Unmarshal(out, &back); err != nil || back["v"] != in["v"] {
+		t.Errorf("escaped JSON means %q (%v), want %q", back["v"], err, in["v"])
+	}
+	if plain := []byte(`{"a":"b"}`); &JSON(plain)[0] != &plain[0] {
+		t.Error("plain JSON copied")
 	}
 }
