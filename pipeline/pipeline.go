@@ -14,6 +14,8 @@ import (
 	"errors"
 	"iter"
 	"net/http"
+	"sync/atomic"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -172,17 +174,46 @@ func (o Once) Run(ctx context.Context, po run.Options, items iter.Seq[run.Item],
 		}
 	}()
 
+	// Follow from the start, beside publishing, so that publishing stays
+	// only so far ahead of the answers: the jobs waiting in the embedded
+	// server (and its memory) stay bounded, however large the run.
+	if po.ID == "" {
+		po.ID = run.NewID(time.Now())
+	}
+	var answered atomic.Int64
+	po.Ahead, po.Answered = runAhead, answered.Load
+	fo.WrittenBack, fo.Answered, fo.AwaitRecord = true, &answered, time.Minute
+	fctx, stopFollow := context.WithCancel(ctx)
+	defer stopFollow()
+	type followed struct {
+		tally *run.Tally
+		rec   run.Record
+		err   error
+	}
+	done := make(chan followed, 1)
+	go func() {
+		tally, rec, err := run.Follow(fctx, o.Bus, po.ID, fo)
+		done <- followed{tally, rec, err}
+	}()
+
 	var out Outcome
 	rec, pubErr := run.Publish(ctx, o.Bus, po, items, o.Log)
 	out.Record = rec
-	if pubErr != nil && rec.ID == "" {
+	if pubErr != nil && !rec.Published {
+		// Nothing was recorded as published: there is nothing to follow
+		// to its end.
+		stopFollow()
+		<-done
 		return out, pubErr
 	}
-	fo.WrittenBack = true
-	tally, rec, err := run.Follow(ctx, o.Bus, rec.ID, fo)
-	out.Tally, out.Record = tally, rec
-	return out, errors.Join(pubErr, err)
+	f := <-done
+	out.Tally, out.Record = f.tally, f.rec
+	return out, errors.Join(pubErr, f.err)
 }
+
+// runAhead is how many jobs a run in one process publishes ahead of their
+// answers: plenty to keep any worker concurrency busy.
+const runAhead = 4096
 
 // Embedded starts a JetStream server in this process with its store under
 // dir, and connects cfg to it without TCP. stop closes both.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqtriage/tqtriage/bus"
@@ -22,6 +23,12 @@ type FollowOptions struct {
 	Terminal    bool          // Progress is a terminal: redraw a bar in place
 	Width       int           // the terminal's columns (default 80): a longer line would wrap and not redraw
 	Every       time.Duration // how often progress is shown (default 200ms on a terminal, 5s otherwise)
+	// AwaitRecord is how long to wait for the run's record to appear,
+	// when Follow starts beside the Publish that makes it (0: not at all).
+	AwaitRecord time.Duration
+	// Answered, when set, is kept at the number of jobs with a result, for
+	// a Publish beside it to keep only so far ahead (Options.Ahead).
+	Answered *atomic.Int64
 }
 
 // add counts one stored message of the run.
@@ -65,7 +72,7 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 			o.Every = 200 * time.Millisecond
 		}
 	}
-	rec, err := Get(ctx, b, id)
+	rec, err := awaitRecord(ctx, b, id, o.AwaitRecord)
 	if err != nil {
 		return nil, rec, err
 	}
@@ -82,6 +89,9 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 			mu.Lock()
 			defer mu.Unlock()
 			tally.add(s)
+			if o.Answered != nil {
+				o.Answered.Store(int64(tally.done))
+			}
 			return true
 		})
 	}()
@@ -132,6 +142,23 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 			return finish(), rec, nil
 		}
 		p.show(line(), false)
+	}
+}
+
+// awaitRecord reads the record of run id, waiting up to d for it to be
+// made.
+func awaitRecord(ctx context.Context, b Bus, id string, d time.Duration) (Record, error) {
+	deadline := time.Now().Add(d)
+	for {
+		rec, err := Get(ctx, b, id)
+		if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
+			return rec, err
+		}
+		select {
+		case <-ctx.Done():
+			return rec, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

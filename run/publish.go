@@ -31,6 +31,13 @@ type Options struct {
 	// MaxInFlight bounds the jobs sent but not yet acknowledged (default
 	// DefaultMaxInFlight).
 	MaxInFlight int
+	// Ahead, with Answered (how many of the run's jobs have a result so
+	// far), keeps publishing at most Ahead jobs ahead of the answers: a
+	// run worked in the same process then holds a bounded queue, not the
+	// whole collection. 0: no bound (the queue is the point of a
+	// publisher of its own).
+	Ahead    int
+	Answered func() int64
 }
 
 // Item is one indicator from a source, or an error about one (Skip) or
@@ -135,8 +142,8 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 		subject = message.DryRunJobSubject(o.Action)
 	}
 	for it := range items {
-		if ctx.Err() != nil {
-			res.err = ctx.Err()
+		if err := waitAhead(ctx, o, res.seq-seq); err != nil {
+			res.err = err
 			break
 		}
 		if it.Err != nil {
@@ -182,6 +189,19 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 		acks.add(p, f)
 	}
 	return res
+}
+
+// waitAhead waits while sent jobs are more than o.Ahead beyond the
+// answered ones.
+func waitAhead(ctx context.Context, o Options, sent int64) error {
+	for o.Ahead > 0 && o.Answered != nil && sent-o.Answered() > int64(o.Ahead) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return ctx.Err()
 }
 
 // overLimit says why an indicator cannot become a job: no worker would

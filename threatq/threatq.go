@@ -284,7 +284,7 @@ func (c *Client) send(ctx context.Context, cl call, payload []byte, tok string) 
 // read turns a response into out or an *Error, and closes its body.
 func (c *Client) read(resp *http.Response, method, path string, out any) error {
 	defer httpclient.Drain(resp.Body)
-	b, err := httpclient.ReadBody(resp.Body, c.maxBody)
+	b, err := httpclient.ReadResponse(resp, c.maxBody)
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		e := &Error{
 			StatusCode:      resp.StatusCode,

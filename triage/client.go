@@ -242,7 +242,7 @@ func (c *Client) send(ctx context.Context, k call, token string, out any) error 
 		c.scrub(e, token)
 		return e
 	}
-	body, readErr := httpclient.ReadBody(resp.Body, c.maxBody)
+	body, readErr := httpclient.ReadResponse(resp, c.maxBody)
 	httpclient.Drain(resp.Body)
 	if err := CheckResponse(resp, body, k.method, k.path); err != nil {
 		c.scrub(err.(*Error), token)

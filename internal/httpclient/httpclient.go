@@ -116,6 +116,19 @@ func ReadBody(r io.Reader, limit int64) ([]byte, error) {
 	return b, nil
 }
 
+// ReadResponse reads the body of resp within limit, like ReadBody, in one
+// allocation of its declared length when it has one (the transport holds a
+// body to its Content-Length), rather than growing a buffer as it reads.
+func ReadResponse(resp *http.Response, limit int64) ([]byte, error) {
+	n := resp.ContentLength
+	if n < 0 || n > limit {
+		return ReadBody(resp.Body, limit)
+	}
+	b := make([]byte, n)
+	m, err := io.ReadFull(resp.Body, b)
+	return b[:m], err
+}
+
 // Drain reads what is left of a response body (up to a bound) and closes it,
 // so the connection can be reused.
 func Drain(body io.ReadCloser) {

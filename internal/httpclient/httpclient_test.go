@@ -2,6 +2,7 @@ package httpclient
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -82,3 +83,21 @@ func TestWrapSeesRequests(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestReadResponseReadsTheDeclaredLengthAndKeepsTheBound(t *testing.T) {
+	body := func(s string, n int64) *http.Response {
+		return &http.Response{Body: io.NopCloser(strings.NewReader(s)), ContentLength: n}
+	}
+	if b, err := ReadResponse(body("hello", 5), 10); err != nil || string(b) != "hello" {
+		t.Fatalf("declared: %q, %v", b, err)
+	}
+	if b, err := ReadResponse(body("hello", -1), 10); err != nil || string(b) != "hello" {
+		t.Fatalf("undeclared: %q, %v", b, err)
+	}
+	if _, err := ReadResponse(body("hello world", 11), 5); !errors.Is(err, ErrBodyTooLarge) {
+		t.Fatalf("over the bound: %v", err)
+	}
+	if _, err := ReadResponse(body("hel", 5), 10); err == nil {
+		t.Fatal("a body cut short of its declared length was accepted")
+	}
+}
