@@ -211,6 +211,10 @@ func (o Once) Run(ctx context.Context, po run.Options, items iter.Seq[run.Item],
 	return out, errors.Join(pubErr, f.err)
 }
 
+// embeddedDuplicateWindow is the duplicate window of an embedded server's
+// streams.
+const embeddedDuplicateWindow = 3 * time.Minute
+
 // runAhead is how many jobs a run in one process publishes ahead of their
 // answers: plenty to keep any worker concurrency busy.
 const runAhead = 4096
@@ -227,6 +231,13 @@ func Embedded(ctx context.Context, dir string, cfg bus.Config, log zerolog.Logge
 		// The server is this process's own: nothing to protect it from,
 		// and no storage to reserve.
 		cfg.Limits = bus.NoLimits
+	}
+	if cfg.DuplicateWindow == 0 {
+		// The server keeps every message id of the window in memory;
+		// within one process no redelivery comes later than the
+		// executor's longest delay (2 minutes), so a shorter window keeps
+		// a large run's memory flat at no cost to its promises.
+		cfg.DuplicateWindow = embeddedDuplicateWindow
 	}
 	if b, err = bus.Connect(ctx, cfg, log); err != nil {
 		srv.Shutdown()
