@@ -54,9 +54,23 @@ type Consumer[T any] struct {
 	// Grace is how long handlers in flight may take to finish once Serve
 	// is told to stop (default DefaultGrace); then their context ends.
 	Grace time.Duration
+	// Gate, when set, holds the pulling while the replica cannot work
+	// (nil: never held).
+	Gate Gate
 
 	Log     zerolog.Logger
 	Metrics *Metrics // nil: none
+}
+
+// Gate says when a replica may take work (internal/gate.Gate is one).
+// The executor waits on it before it pulls. While it is closed (the
+// replica's credentials refused, a rate limit's pause), the executor pulls
+// nothing and hands back, uncounted, what the client had buffered; the
+// handlers in flight run on.
+type Gate interface {
+	// Wait returns once the replica may take work, with a channel that
+	// is closed when it may no longer; or ctx's error.
+	Wait(ctx context.Context) (<-chan struct{}, error)
 }
 
 // Serve runs c on its durable consumer until ctx ends. Then it stops
@@ -109,12 +123,9 @@ type executor[T any] struct {
 	pending sync.WaitGroup
 }
 
-// pool pulls messages and runs handlers, Concurrency at a time.
+// pool pulls messages and runs handlers, Concurrency at a time, while
+// the gate (if any) lets it.
 func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(e.c.Concurrency), jetstream.WithMessagesErrOnMissingHeartbeat(false))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", e.c.Durable, err)
-	}
 	// Handlers get their own context: a shutdown lets them finish what
 	// they started, within the grace period.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -123,7 +134,6 @@ func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
 	go func() {
 		select {
 		case <-ctx.Done():
-			it.Drain()
 			select {
 			case <-time.After(e.c.Grace):
 				e.log.Warn().Dur("grace", e.c.Grace).Msg("grace period over; cancelling the messages in flight")
@@ -139,14 +149,59 @@ func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
+		var held <-chan struct{} // never closed without a gate
+		if e.c.Gate != nil {
+			var err error
+			if held, err = e.c.Gate.Wait(ctx); err != nil {
+				return nil // stopped while held: nothing pulled
+			}
+		}
+		if err := e.pull(ctx, hctx, cons, held, slots, &wg); err != nil || ctx.Err() != nil {
+			return err
+		}
+		e.log.Info().Msg("stopped taking messages until the replica can work again; those buffered were handed back")
+	}
+}
+
+// pull takes messages until ctx ends or held is closed; then it hands
+// back, uncounted, what the client had buffered and returns nil.
+func (e *executor[T]) pull(ctx, hctx context.Context, cons jetstream.Consumer, held <-chan struct{}, slots chan struct{}, wg *sync.WaitGroup) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(e.c.Concurrency), jetstream.WithMessagesErrOnMissingHeartbeat(false))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", e.c.Durable, err)
+	}
+	draining := make(chan struct{})
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-held:
+		case <-done:
+			it.Stop()
+			return
+		}
+		// Stop pulling; Next gives what was buffered, then says closed.
+		// draining is closed first, so that the loop never reads the
+		// end of a drained iterator as a failure.
+		close(draining)
+		it.Drain()
+	}()
+	for {
 		// Take a slot before pulling, so a message is only taken from
-		// the buffer when a handler is free for it.
-		slots <- struct{}{}
+		// the buffer when a handler is free for it; once draining, take
+		// the rest without one, so that none waits for a handler (and
+		// its ack wait runs out) before it is handed back.
+		select {
+		case slots <- struct{}{}:
+		case <-draining:
+			return e.handBackBuffered(hctx, it)
+		}
 		m, err := it.Next()
 		if err != nil {
 			<-slots
 			switch {
-			case errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil:
+			case errors.Is(err, jetstream.ErrMsgIteratorClosed) && isClosed(draining):
 				return nil
 			case errors.Is(err, jetstream.ErrMsgIteratorClosed):
 				return fmt.Errorf("consume %s: iterator closed", e.c.Durable)
@@ -155,9 +210,9 @@ func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
 			}
 			return fmt.Errorf("consume %s: %w", e.c.Durable, err)
 		}
-		if ctx.Err() != nil {
-			// Draining: this one was buffered, not started. Hand it
-			// back so another replica takes it now, not after ack-wait.
+		if isClosed(draining) {
+			// Buffered, not started: hand it back so another replica
+			// takes it now, not after ack-wait.
 			e.settle(hctx, &delivery[T]{m: m, log: e.log}, HandBack())
 			<-slots
 			continue
@@ -168,6 +223,32 @@ func (e *executor[T]) pool(ctx context.Context, cons jetstream.Consumer) error {
 			defer func() { <-slots }()
 			e.deliver(hctx, m)
 		}()
+	}
+}
+
+// handBackBuffered hands back, uncounted, what a draining iterator still
+// holds.
+func (e *executor[T]) handBackBuffered(ctx context.Context, it jetstream.MessagesContext) error {
+	for {
+		m, err := it.Next()
+		switch {
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return nil
+		case errors.Is(err, jetstream.ErrNoHeartbeat):
+			continue
+		case err != nil:
+			return fmt.Errorf("consume %s: %w", e.c.Durable, err)
+		}
+		e.settle(ctx, &delivery[T]{m: m, log: e.log}, HandBack())
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
