@@ -13,13 +13,13 @@ import (
 	"context"
 	"errors"
 	"iter"
-	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/httpclient"
 	"github.com/tqtriage/tqtriage/internal/httpmetrics"
 	"github.com/tqtriage/tqtriage/internal/retry"
@@ -34,9 +34,20 @@ import (
 // TriageSettings connect to Cofense Triage.
 type TriageSettings struct {
 	BaseURL, ClientID, ClientSecret string
-	InsecureSkipVerify              bool   // TRIAGE_VERIFY_SSL=false
-	CAFile                          string // an extra CA bundle
-	RateLimit                       float64
+	// ClientSecretFunc, when set, is read for each token request instead
+	// of ClientSecret ($TRIAGE_CLIENT_SECRET_FILE, read again each time).
+	ClientSecretFunc   func() (string, error)
+	InsecureSkipVerify bool   // TRIAGE_VERIFY_SSL=false
+	CAFile             string // an extra CA bundle
+	RateLimit          float64
+	// MaxPause bounds the pause a 429 starts, whatever its Retry-After
+	// (default worker.DefaultMaxPause).
+	MaxPause time.Duration
+	// Timeout bounds one HTTP request (default httpclient's). Pauses and
+	// the rate limit are waited for before it starts.
+	Timeout time.Duration
+	// Log is told when a 429 pauses the replica (zero value: nowhere).
+	Log zerolog.Logger
 	// Metrics counts the client's requests (nil: none).
 	Metrics *httpmetrics.Metrics
 	// ReadOnly builds a client that can only read (a dry run's): any
@@ -45,25 +56,35 @@ type TriageSettings struct {
 }
 
 // NewTriage returns a Triage client whose requests are paced by a
-// throttle of the settings' rate limit, which also pauses after every 429.
-// It makes one attempt per call: the worker retries.
+// throttle of the settings' rate limit, which also pauses every request
+// after a 429 for its Retry-After, at most MaxPause. It makes one attempt
+// per call: the worker retries.
 func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, error) {
-	return newTriage(ctx, s, throttle.New(s.RateLimit))
+	return newTriage(ctx, s, triageThrottle(s))
+}
+
+// triageThrottle paces a replica's Triage requests: its rate limit, and
+// the pause after a 429, at most MaxPause.
+func triageThrottle(s TriageSettings) *throttle.Throttle {
+	if s.MaxPause <= 0 {
+		s.MaxPause = worker.DefaultMaxPause
+	}
+	return throttle.New(s.RateLimit, throttle.MaxPause(s.MaxPause), throttle.OnPause(pauseLog(s.Log, "Triage", "TRIAGE_MAX_PAUSE", s.MaxPause)))
 }
 
 func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*triage.Client, error) {
 	// The client keeps ctx for token renewals; a shutdown (ctx ending)
 	// must not stop the renewals of jobs finishing in their grace period.
 	return triage.New(context.WithoutCancel(ctx), triage.Config{
-		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
+		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret, ClientSecretFunc: s.ClientSecretFunc,
 		HTTP: httpclient.Options{
-			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
-			// The throttle's waits are outside what the metrics time.
-			Wrap: func(rt http.RoundTripper) http.RoundTripper {
-				return th.Transport(s.Metrics.Wrap(httpmetrics.Triage, httpmetrics.TriageRoutes)(rt))
-			},
+			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile, Timeout: s.Timeout,
+			// The throttle waits before a request is sent, outside what
+			// the metrics time.
+			Wrap:     s.Metrics.Wrap(httpmetrics.Triage, httpmetrics.TriageRoutes),
 			ReadOnly: s.ReadOnly, TokenPath: triage.TokenPath,
 		},
+		Pacer: th,
 	})
 }
 
@@ -74,7 +95,7 @@ func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*t
 func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims worker.Claims) (*worker.Worker, error) {
 	// One throttle: the replica's rate limit and 429 pauses hold for
 	// both.
-	th := throttle.New(s.RateLimit)
+	th := triageThrottle(s)
 	tc, err := newTriage(ctx, s, th)
 	if err != nil {
 		return nil, err
@@ -97,30 +118,73 @@ func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims 
 	return w, nil
 }
 
+// pauseLog logs the start of a pause after a 429, and says when the
+// server's Retry-After was longer than the setting allows.
+func pauseLog(log zerolog.Logger, service, setting string, most time.Duration) func(asked, pause time.Duration) {
+	return func(asked, pause time.Duration) {
+		ev := log.Warn().Dur("pause", pause)
+		if asked > 0 {
+			ev = ev.Dur("retry_after", asked)
+		}
+		if asked > pause {
+			ev.Dur("max_pause", most).Msg(service + " answered 429 asking for a longer pause than " + setting + " allows; every request of this replica pauses for " + setting + ", then asks again")
+			return
+		}
+		ev.Msg(service + " answered 429; every request of this replica pauses")
+	}
+}
+
+// TriageGate is a worker replica's gate (internal/gate): closed until the
+// client has obtained a token and while Triage refuses its credentials,
+// probing with a fresh token until ctx ends.
+func TriageGate(ctx context.Context, c *triage.Client, log zerolog.Logger) *gate.Gate {
+	return gate.New(ctx, gate.Config{Service: "Triage", Probe: c.Authenticate, Log: log})
+}
+
 // ThreatQSettings connect to ThreatQ.
 type ThreatQSettings struct {
 	BaseURL, ClientID, ClientSecret string
 	Email, Password                 string // the password grant, when set
-	InsecureSkipVerify              bool
-	CAFile                          string
-	AttributeSource                 string
-	Metrics                         *httpmetrics.Metrics // nil: none
+	// SecretFunc, when set, is read for each token request instead of
+	// ClientSecret or Password ($THREATQ_CLIENT_SECRET_FILE or
+	// $THREATQ_PASSWORD_FILE, read again each time).
+	SecretFunc         func() (string, error)
+	InsecureSkipVerify bool
+	CAFile             string
+	AttributeSource    string
+	// MaxPause bounds the pause a 429 starts, whatever its Retry-After
+	// (default writeback.DefaultMaxPause).
+	MaxPause time.Duration
+	// Log is told when a 429 pauses the replica (zero value: nowhere).
+	Log     zerolog.Logger
+	Metrics *httpmetrics.Metrics // nil: none
 	// ReadOnly: as TriageSettings.ReadOnly (a dry run reads the
 	// collection and writes nothing back).
 	ReadOnly bool
 }
 
-// NewThreatQ returns a ThreatQ client. Reading collections retries by
+// NewThreatQ returns a ThreatQ client whose requests pause after a 429
+// for its Retry-After, at most MaxPause. Reading collections retries by
 // itself with policy; write-back passes retry.None and retries itself.
 func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*threatq.Client, error) {
+	if s.MaxPause <= 0 {
+		s.MaxPause = writeback.DefaultMaxPause
+	}
+	th := throttle.New(0, throttle.MaxPause(s.MaxPause), throttle.OnPause(pauseLog(s.Log, "ThreatQ", "THREATQ_MAX_PAUSE", s.MaxPause)))
 	return threatq.New(context.WithoutCancel(ctx), threatq.Config{ // as in NewTriage
-		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret,
+		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret, SecretFunc: s.SecretFunc,
 		Email: s.Email, Password: s.Password, AttributeSource: s.AttributeSource,
 		HTTP: httpclient.Options{InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
 			Wrap:     s.Metrics.Wrap(httpmetrics.ThreatQ, httpmetrics.ThreatQRoutes),
 			ReadOnly: s.ReadOnly, TokenPath: threatq.TokenPath},
 		Retry: policy,
+		Pacer: th,
 	})
+}
+
+// ThreatQGate is a write-back replica's gate, as TriageGate for ThreatQ.
+func ThreatQGate(ctx context.Context, c *threatq.Client, log zerolog.Logger) *gate.Gate {
+	return gate.New(ctx, gate.Config{Service: "ThreatQ", Probe: c.Authenticate, Log: log})
 }
 
 // ServeWorkers consumes jobs with w until ctx ends; then it finishes or

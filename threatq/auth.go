@@ -169,6 +169,21 @@ func (tc *tokenCache) startLocked() *tokenFlight {
 	return f
 }
 
+// fresh obtains a new token, whatever is cached (a fetch already running
+// serves: its token is new).
+func (tc *tokenCache) fresh(ctx context.Context) error {
+	tc.mu.Lock()
+	tc.cur = nil
+	f := tc.startLocked()
+	tc.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return fmt.Errorf("threatq: waiting for a token: %w", ctx.Err())
+	}
+}
+
 // invalidate drops access if it is still the current token: after a 401,
 // the next get fetches a new one. Comparing first means that many requests
 // failing with the same token cause one fetch, not one each.

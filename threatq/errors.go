@@ -139,6 +139,25 @@ func (e *Error) Retryable() bool {
 	return transportRetryable(e.Err)
 }
 
+// Refused reports whether the failure is the client's credentials rather
+// than the request: the token endpoint refused them (ErrAuthentication:
+// a 4xx other than 408 and 429, or the secret could not be read) or could
+// not be used for good (a redirect, an answer without a token, a
+// certificate that fails verification), or the API refused a fresh token
+// (401, 403). No request can succeed until that changes: internal/gate
+// reads it to hold a replica's work.
+func (e *Error) Refused() bool {
+	switch {
+	case e.InBody:
+		return false // the answer passed authentication
+	case errors.Is(e.Err, ErrAuthentication), e.StatusCode == http.StatusUnauthorized, e.StatusCode == http.StatusForbidden:
+		return true
+	case e.Path != tokenPath || e.Retryable():
+		return false
+	}
+	return e.Err == nil || !httpclient.CallerEnded(e.Err)
+}
+
 // RetryAfter is the delay the server asked for (0 when it did not).
 func (e *Error) RetryAfter() time.Duration { return e.RetryAfterDelay }
 

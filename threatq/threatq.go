@@ -20,12 +20,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
@@ -53,6 +55,14 @@ type Config struct {
 	ClientID, ClientSecret string
 	// Email and Password, when set, select the password grant, with ClientID.
 	Email, Password string
+	// SecretFunc, when set, replaces ClientSecret (or, with Email, the
+	// Password) and is called for each token request, so that a secret
+	// rotated where it is kept (a file) is used without a restart. An
+	// error or an empty secret from it fails that token request.
+	SecretFunc func() (string, error)
+	// Pacer, when set, is waited on before every API request, outside
+	// its timeout, and told of every answer (internal/throttle is one).
+	Pacer Pacer
 	// AttributeSource names the source of written attributes (default
 	// DefaultAttributeSource).
 	AttributeSource string
@@ -85,6 +95,13 @@ func (c Config) String() string {
 // GoString is String, for %#v.
 func (c Config) GoString() string { return c.String() }
 
+// Pacer paces a client's requests: Wait before a request is sent, so
+// that a long pause cannot time the request out; Observe on every answer.
+type Pacer interface {
+	Wait(ctx context.Context) error
+	Observe(resp *http.Response)
+}
+
 // Client talks to one ThreatQ instance. It is safe for concurrent use.
 type Client struct {
 	base      string // scheme://host[/prefix], without /api
@@ -94,7 +111,8 @@ type Client struct {
 	maxBody   int64
 	userAgent string
 	source    string
-	secrets   []string // masked in every message read from the server
+	secrets   *secretSet // masked in every message read from the server
+	pacer     Pacer      // nil: none
 	tokens    *tokenCache
 }
 
@@ -115,9 +133,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	switch {
 	case passwordGrant && cfg.Email == "":
 		missing = append(missing, "Email (a Password is set)")
-	case passwordGrant && cfg.Password == "":
+	case passwordGrant && cfg.Password == "" && cfg.SecretFunc == nil:
 		missing = append(missing, "Password (an Email is set)")
-	case !passwordGrant && cfg.ClientSecret == "":
+	case !passwordGrant && cfg.ClientSecret == "" && cfg.SecretFunc == nil:
 		missing = append(missing, "ClientSecret (or Email and Password)")
 	}
 	if len(missing) > 0 {
@@ -142,6 +160,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		maxBody:   cfg.MaxBodyBytes,
 		userAgent: cfg.UserAgent,
 		source:    cfg.AttributeSource,
+		secrets:   &secretSet{},
+		pacer:     cfg.Pacer,
 	}
 	if c.maxBody == 0 {
 		c.maxBody = DefaultMaxBodyBytes
@@ -152,17 +172,41 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if c.source == "" {
 		c.source = DefaultAttributeSource
 	}
-	for _, s := range []string{cfg.ClientSecret, cfg.Password} {
-		if s != "" {
-			c.secrets = append(c.secrets, s)
+	secret := cfg.SecretFunc
+	if secret == nil {
+		fixed := cfg.ClientSecret
+		if passwordGrant {
+			fixed = cfg.Password
 		}
+		secret = func() (string, error) { return fixed, nil }
 	}
-	grant := clientCredentials(cfg.ClientID, cfg.ClientSecret)
-	if passwordGrant {
-		grant = passwordCredentials(cfg.ClientID, cfg.Email, cfg.Password)
-	}
-	c.tokens = newTokenCache(ctx, func(ctx context.Context) (token, error) { return c.fetchToken(ctx, grant) })
+	c.tokens = newTokenCache(ctx, func(ctx context.Context) (token, error) {
+		s, err := secret()
+		if err == nil && s == "" {
+			err = errors.New("the secret is empty")
+		}
+		if err != nil {
+			// The secret's own source failed (a file gone or empty):
+			// nothing was sent. Its error names the file, never the
+			// content.
+			return token{}, &Error{Method: http.MethodPost, Path: tokenPath, Messages: []string{"the secret could not be read"}, Err: fmt.Errorf("%w: %w", ErrAuthentication, err)}
+		}
+		c.secrets.add(s)
+		grant := clientCredentials(cfg.ClientID, s)
+		if passwordGrant {
+			grant = passwordCredentials(cfg.ClientID, cfg.Email, s)
+		}
+		return c.fetchToken(ctx, grant)
+	})
 	return c, nil
+}
+
+// Authenticate obtains a new access token, whatever the cache holds (a
+// fetch already running serves), reading the secret anew: how a caller
+// whose requests were refused learns that the credentials work again. A
+// refusal is an *Error whose Refused method says so.
+func (c *Client) Authenticate(ctx context.Context) error {
+	return c.tokens.fresh(ctx)
 }
 
 func normaliseBaseURL(raw string) (string, error) {
@@ -229,8 +273,9 @@ func (c *Client) do(ctx context.Context, cl call, out any) error {
 	return err
 }
 
-// once makes one attempt: with the cached token, and on a 401 once more
-// with a fresh one (the token may have been revoked or expired early).
+// once makes one attempt: with the cached token, and on a 401 or 403 once
+// more with a fresh one (the token may have been revoked or expired early,
+// or been granted before the client's permissions changed).
 func (c *Client) once(ctx context.Context, cl call, payload []byte, out any) error {
 	tok, err := c.tokens.get(ctx)
 	if err != nil {
@@ -240,7 +285,7 @@ func (c *Client) once(ctx context.Context, cl call, payload []byte, out any) err
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode == http.StatusUnauthorized {
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
 		httpclient.Drain(resp.Body)
 		c.tokens.invalidate(tok)
 		if tok, err = c.tokens.get(ctx); err != nil {
@@ -274,9 +319,19 @@ func (c *Client) send(ctx context.Context, cl call, payload []byte, tok string) 
 	// Always a capital B, whatever token_type the server sent: ThreatQ
 	// rejects "bearer".
 	req.Header.Set("Authorization", "Bearer "+tok)
+	if c.pacer != nil {
+		// Before Do: the request's timeout starts there, and a pause of
+		// minutes must not be spent inside it.
+		if err := c.pacer.Wait(ctx); err != nil {
+			return nil, &Error{Method: cl.method, Path: cl.path, Err: err}
+		}
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &Error{Method: cl.method, Path: cl.path, Err: c.maskErr(err, tok)}
+	}
+	if c.pacer != nil {
+		c.pacer.Observe(resp)
 	}
 	return resp, nil
 }
@@ -329,7 +384,7 @@ var _ rawDecoder = (*wire.CollectionPage)(nil)
 
 // mask replaces any secret the client holds in server-provided text.
 func (c *Client) mask(msgs []string, extra ...string) []string {
-	secrets := slices.Concat(c.secrets, extra) // never append to the shared slice
+	secrets := slices.Concat(c.secrets.list(), extra) // never append to the shared slice
 	for i, m := range msgs {
 		for _, s := range secrets {
 			if len(s) >= 4 {
@@ -372,3 +427,28 @@ func clipLocation(s string) string {
 // escapeSegment escapes one path segment (a collection hash is opaque
 // text from the user).
 func escapeSegment(s string) string { return url.PathEscape(s) }
+
+// secretSet is the secrets read lately (the current one and the one it
+// replaced), kept only to mask them in what the server says.
+type secretSet struct {
+	mu   sync.Mutex
+	last []string
+}
+
+func (s *secretSet) add(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.last) > 0 && s.last[len(s.last)-1] == v {
+		return
+	}
+	s.last = append(s.last, v)
+	if len(s.last) > 2 {
+		s.last = s.last[len(s.last)-2:]
+	}
+}
+
+func (s *secretSet) list() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.last)
+}

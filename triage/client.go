@@ -6,9 +6,11 @@
 // may help (Retryable, with the server's Retry-After), in the terms
 // internal/retry reads.
 //
-// A call is one attempt, plus the one token renewal a 401 earns: it does not
-// retry. The caller does (the worker, with internal/retry), because it
-// counts attempts and must keep its job alive while it waits.
+// A call is one attempt, plus the one token renewal a 401 or 403 earns: it
+// does not retry. The caller does (the worker, with internal/retry), because
+// it counts attempts and must keep its job alive while it waits. A Pacer,
+// when configured, is waited on before each request is sent, outside the
+// request's timeout, and told of each answer (a 429 pauses it).
 //
 // It does not validate or map indicators (package mapping does), and it
 // decides nothing about jobs: a duplicate is ErrDuplicate, and what that
@@ -25,7 +27,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
@@ -60,9 +64,17 @@ var ErrRequestTooLarge = errors.New("request body too large")
 type Config struct {
 	// BaseURL is the Triage instance, e.g. https://triage.example.com.
 	// A trailing /api/public/v2 is tolerated and removed.
-	BaseURL      string
-	ClientID     string
-	ClientSecret string
+	BaseURL  string
+	ClientID string
+	// ClientSecret is the client's secret; ClientSecretFunc, when set,
+	// replaces it and is called for each token request, so that a secret
+	// rotated where it is kept (a file) is used without a restart. An
+	// error or an empty secret from it fails that token request.
+	ClientSecret     string
+	ClientSecretFunc func() (string, error)
+	// Pacer, when set, is waited on before every API request and told of
+	// every answer (the token requests excepted).
+	Pacer Pacer
 	// HTTP sets TLS verification, an extra CA file, timeouts and pooling;
 	// proxies come from the standard environment variables.
 	HTTP httpclient.Options
@@ -72,13 +84,22 @@ type Config struct {
 	UserAgent string
 }
 
+// Pacer paces a client's requests (internal/throttle is one). Wait runs
+// before a request is sent, outside its timeout, so that a long pause
+// cannot time the request out; Observe sees every answer.
+type Pacer interface {
+	Wait(ctx context.Context) error
+	Observe(resp *http.Response)
+}
+
 // Client calls one Triage instance. It is safe for concurrent use.
 type Client struct {
 	base    *url.URL // scheme://host[:port] plus any path prefix, no trailing slash
 	api     string   // base + APIPath
 	hc      *http.Client
 	tokens  *tokenCache
-	secret  string // only to scrub it from error texts
+	secrets *secretSet // only to scrub them from error texts
+	pacer   Pacer      // nil: none
 	maxBody int64
 	agent   string
 }
@@ -94,7 +115,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.ClientID == "" {
 		return nil, errors.New("triage: client ID is required")
 	}
-	if cfg.ClientSecret == "" {
+	if cfg.ClientSecret == "" && cfg.ClientSecretFunc == nil {
 		return nil, errors.New("triage: client secret is required")
 	}
 	hc, err := httpclient.New(cfg.HTTP)
@@ -109,7 +130,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		base:    base,
 		api:     base.String() + APIPath,
 		hc:      hc,
-		secret:  cfg.ClientSecret,
+		secrets: &secretSet{},
+		pacer:   cfg.Pacer,
 		maxBody: cfg.MaxBodyBytes,
 		agent:   cfg.UserAgent,
 	}
@@ -119,15 +141,46 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if c.agent == "" {
 		c.agent = DefaultUserAgent
 	}
+	secret := cfg.ClientSecretFunc
+	if secret == nil {
+		secret = func() (string, error) { return cfg.ClientSecret, nil }
+	}
 	c.tokens = newTokenCache(ctx, &clientcredentials.Config{
-		ClientID:     cfg.ClientID,
-		ClientSecret: cfg.ClientSecret,
-		TokenURL:     base.String() + TokenPath,
+		ClientID: cfg.ClientID,
+		TokenURL: base.String() + TokenPath,
 		// Explicit: auto-detection would first try Basic auth and spend a
 		// failed request finding out.
 		AuthStyle: oauth2.AuthStyleInParams,
-	}, hc)
+	}, c.readSecret(secret), hc)
 	return c, nil
+}
+
+// readSecret wraps a secret's source: each secret read is remembered for
+// scrubbing, and an empty one is an error.
+func (c *Client) readSecret(src func() (string, error)) func() (string, error) {
+	return func() (string, error) {
+		s, err := src()
+		if err != nil {
+			return "", err
+		}
+		if s == "" {
+			return "", errors.New("the client secret is empty")
+		}
+		c.secrets.add(s)
+		return s, nil
+	}
+}
+
+// Authenticate obtains a new access token, whatever the cache holds (one
+// fetch that is already running serves), reading the client secret anew.
+// It is how a caller whose requests were refused learns that the
+// credentials work again; an error is an *Error (Refused says whether
+// the credentials are at fault).
+func (c *Client) Authenticate(ctx context.Context) error {
+	if _, err := c.tokens.fresh(ctx); err != nil {
+		return c.tokenFailure(err)
+	}
+	return nil
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {
@@ -202,15 +255,16 @@ func (c *Client) newRequest(ctx context.Context, k call, token string) (*http.Re
 }
 
 // do makes one attempt at k and decodes a success into out (when not nil).
-// The attempt includes the one renewal of the token that a 401 earns: the
-// token may have expired or been revoked since it was issued.
+// The attempt includes the one renewal of the token that a 401 or a 403
+// earns: the token may have expired or been revoked since it was issued,
+// or been issued before the client's permissions changed.
 func (c *Client) do(ctx context.Context, k call, out any) error {
 	token, err := c.tokens.token(ctx)
 	if err != nil {
 		return c.tokenFailure(err)
 	}
 	err = c.send(ctx, k, token, out)
-	if !errors.Is(err, ErrUnauthorized) {
+	if !errors.Is(err, ErrUnauthorized) && !errors.Is(err, ErrForbidden) {
 		return err
 	}
 	c.tokens.drop(token)
@@ -225,6 +279,13 @@ func (c *Client) tokenFailure(err error) error {
 		// The call's context ended while it waited for a token.
 		return &Error{Kind: KindTransport, Method: http.MethodPost, Path: TokenPath, Err: err}
 	}
+	var se secretError
+	if errors.As(err, &se) {
+		// The secret's own source failed (a file gone or empty): nothing
+		// was sent. Its error names the file, never the content.
+		return &Error{Kind: KindUnauthorized, Method: http.MethodPost, Path: TokenPath,
+			Messages: []string{"the client secret could not be read"}, Err: se.err}
+	}
 	e := tokenError(err, TokenPath)
 	c.scrub(e, "")
 	return e
@@ -236,11 +297,21 @@ func (c *Client) send(ctx context.Context, k call, token string, out any) error 
 	if err != nil {
 		return fmt.Errorf("triage: %s %s: %w", k.method, k.path, err)
 	}
+	if c.pacer != nil {
+		// Before Do: the request's timeout starts there, and a pause of
+		// minutes must not be spent inside it.
+		if err := c.pacer.Wait(ctx); err != nil {
+			return &Error{Kind: KindTransport, Method: k.method, Path: k.path, Err: err}
+		}
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		e := &Error{Kind: KindTransport, Method: k.method, Path: k.path, Err: err}
 		c.scrub(e, token)
 		return e
+	}
+	if c.pacer != nil {
+		c.pacer.Observe(resp)
 	}
 	body, readErr := httpclient.ReadResponse(resp, c.maxBody)
 	httpclient.Drain(resp.Body)
@@ -269,7 +340,7 @@ func (c *Client) send(ctx context.Context, k call, token string, out any) error 
 // carried, the one cached now) from what e says, in case a server or proxy
 // echoed them.
 func (c *Client) scrub(e *Error, sent string) {
-	secrets := []string{c.secret, sent, c.tokens.current()}
+	secrets := append(c.secrets.list(), sent, c.tokens.current())
 	for i, m := range e.Messages {
 		for _, s := range secrets {
 			if s != "" {
@@ -287,4 +358,29 @@ func (c *Client) scrub(e *Error, sent string) {
 			}
 		}
 	}
+}
+
+// secretSet is the client secrets read lately (the current one and the
+// one it replaced), kept only to scrub them from error texts.
+type secretSet struct {
+	mu   sync.Mutex
+	last []string
+}
+
+func (s *secretSet) add(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.last) > 0 && s.last[len(s.last)-1] == v {
+		return
+	}
+	s.last = append(s.last, v)
+	if len(s.last) > 2 {
+		s.last = s.last[len(s.last)-2:]
+	}
+}
+
+func (s *secretSet) list() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.last)
 }

@@ -31,6 +31,7 @@ const (
 	KindTransport         // no answer: connection refused or reset, timeout, TLS failure (retryable as httpclient.TransportRetryable says)
 	KindClient            // any other 4xx: permanent
 	KindBadResponse       // a status or body the client cannot use (a redirect, undecodable or oversized JSON)
+	KindForbidden         // 403 after one fresh token: the credentials may not do this
 )
 
 var kindNames = [...]string{
@@ -44,6 +45,7 @@ var kindNames = [...]string{
 	KindTransport:    "transport",
 	KindClient:       "client error",
 	KindBadResponse:  "bad response",
+	KindForbidden:    "forbidden",
 }
 
 func (k Kind) String() string {
@@ -65,6 +67,7 @@ var (
 	ErrTransport    = errors.New("triage: transport error")
 	ErrClient       = errors.New("triage: client error")
 	ErrBadResponse  = errors.New("triage: bad response")
+	ErrForbidden    = errors.New("triage: forbidden")
 )
 
 var kindSentinels = [...]error{
@@ -77,6 +80,7 @@ var kindSentinels = [...]error{
 	KindTransport:    ErrTransport,
 	KindClient:       ErrClient,
 	KindBadResponse:  ErrBadResponse,
+	KindForbidden:    ErrForbidden,
 }
 
 // Error is what every call returns when Triage did not answer with success.
@@ -141,6 +145,25 @@ func (e *Error) Retryable() bool {
 	return false
 }
 
+// Refused reports whether the failure is the client's credentials rather
+// than the request: the token endpoint refused the grant or could not be
+// used (a 4xx, a redirect, an answer without a token, a certificate that
+// fails verification), the client secret could not be read, or the API
+// refused a fresh token (401, 403). No request can succeed until that
+// changes, so it is the caller's condition, not its work's: internal/gate
+// reads it to hold a replica's work.
+func (e *Error) Refused() bool {
+	switch {
+	case e.Kind == KindUnauthorized, e.Kind == KindForbidden:
+		return true
+	case e.Path != TokenPath, e.Kind == KindRateLimited, e.Kind == KindServer:
+		return false
+	case e.Kind == KindTransport:
+		return !httpclient.TransportRetryable(e.Err) && !httpclient.CallerEnded(e.Err)
+	}
+	return true
+}
+
 // RetryAfter is the server's requested delay (0 when none), read by
 // internal/retry as the least wait before the next attempt.
 func (e *Error) RetryAfter() time.Duration { return e.RetryAfterDelay }
@@ -167,6 +190,8 @@ func CheckResponse(resp *http.Response, body []byte, method, path string) error 
 	case code == http.StatusUnauthorized:
 		e.Kind = KindUnauthorized
 		e.Messages = bearerError(resp.Header.Get("WWW-Authenticate"))
+	case code == http.StatusForbidden:
+		e.Kind = KindForbidden
 	case code == http.StatusNotFound:
 		e.Kind = KindNotFound
 	case code == http.StatusUnprocessableEntity:

@@ -49,7 +49,7 @@ func TestCheckResponseKinds(t *testing.T) {
 		{"server 503 with Retry-After", response(503, "Retry-After", "2"), "", KindServer, ErrServer, true, 2 * time.Second, ""},
 		{"server 504", response(504), "", KindServer, ErrServer, true, 0, ""},
 		{"bad request", response(400), `{"errors":[{"title":"Invalid page value","detail":"0 is not a valid value for size page parameter.","code":"118","status":"400"}]}`, KindClient, ErrClient, false, 0, "Invalid page value: 0 is not a valid value for size page parameter."},
-		{"forbidden", response(403), "", KindClient, ErrClient, false, 0, ""},
+		{"forbidden", response(403), "", KindForbidden, ErrForbidden, false, 0, ""},
 		{"unsupported media type", response(415), "", KindClient, ErrClient, false, 0, ""},
 		{"redirect", response(302, "Location", "https://x.example/"), "", KindBadResponse, ErrBadResponse, false, 0, "unexpected redirect to https://x.example/"},
 	}

@@ -21,9 +21,10 @@ import (
 // long-lived context, waited for by every caller that needs a token until
 // its own context ends.
 type tokenCache struct {
-	conf *clientcredentials.Config
-	ctx  context.Context // long-lived; carries the HTTP client for token calls
-	now  func() time.Time
+	conf   *clientcredentials.Config // without the secret
+	secret func() (string, error)    // read for each grant: a rotated secret is used at once
+	ctx    context.Context           // long-lived; carries the HTTP client for token calls
+	now    func() time.Time
 
 	mu       sync.Mutex
 	tok      *oauth2.Token
@@ -36,12 +37,29 @@ type tokenCache struct {
 // 10 s, but never more than half its life so short-lived tokens stay usable.
 const refreshMargin = 10 * time.Second
 
-func newTokenCache(ctx context.Context, conf *clientcredentials.Config, hc *http.Client) *tokenCache {
+func newTokenCache(ctx context.Context, conf *clientcredentials.Config, secret func() (string, error), hc *http.Client) *tokenCache {
 	// WithoutCancel: the caller's context may be short; the grant's must not
 	// be, since callers share it. Values stay, the HTTP client for token
 	// calls among them.
 	ctx = context.WithValue(context.WithoutCancel(ctx), oauth2.HTTPClient, hc)
-	return &tokenCache{conf: conf, ctx: ctx, now: time.Now}
+	return &tokenCache{conf: conf, secret: secret, ctx: ctx, now: time.Now}
+}
+
+// secretError is a failure of the secret's source: no grant was asked for.
+type secretError struct{ err error }
+
+func (e secretError) Error() string { return "client secret: " + e.err.Error() }
+func (e secretError) Unwrap() error { return e.err }
+
+// fresh returns a token granted from now on: the cached one is forgotten,
+// unless a fetch is already running, whose token is fresh enough.
+func (c *tokenCache) fresh(ctx context.Context) (string, error) {
+	c.mu.Lock()
+	if c.inflight == nil {
+		c.tok = nil
+	}
+	c.mu.Unlock()
+	return c.token(ctx)
 }
 
 // token returns a valid access token, fetching one when there is none.
@@ -82,7 +100,15 @@ func (c *tokenCache) token(ctx context.Context) (string, error) {
 
 func (c *tokenCache) fetch(done chan struct{}) {
 	start := c.now()
-	tok, err := c.conf.Token(c.ctx)
+	var tok *oauth2.Token
+	secret, err := c.secret()
+	if err != nil {
+		err = secretError{err}
+	} else {
+		conf := *c.conf
+		conf.ClientSecret = secret
+		tok, err = conf.Token(c.ctx)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer close(done)

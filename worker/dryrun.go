@@ -79,7 +79,7 @@ func (w *Worker) dryRun(ctx context.Context, job message.Job, a bus.Attempt, ind
 		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg("Triage read failed; trying again")
 	})
 	if err != nil {
-		return bus.Err(err)
+		return w.failure(err)
 	}
 	return w.answer(ctx, job, a, status, reason, true, found)
 }

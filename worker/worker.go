@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/message"
@@ -74,6 +75,12 @@ type Config struct {
 	MaxRedeliveryDelay time.Duration
 	// Concurrency is the number of jobs at once (default DefaultConcurrency).
 	Concurrency int
+	// MaxPause bounds how long a 429 puts jobs off and pauses the
+	// replica (default DefaultMaxPause).
+	MaxPause time.Duration
+	// Gate, when set, holds the replica's work while Triage refuses its
+	// credentials or has asked it to pause (internal/gate).
+	Gate *gate.Gate
 }
 
 func (c Config) withDefaults() Config {
@@ -101,6 +108,9 @@ func (c Config) withDefaults() Config {
 	if c.Concurrency <= 0 {
 		c.Concurrency = DefaultConcurrency
 	}
+	if c.MaxPause <= 0 {
+		c.MaxPause = DefaultMaxPause
+	}
 	return c
 }
 
@@ -126,7 +136,7 @@ func New(cfg Config, t Triage, c Claims) (*Worker, error) {
 
 // Consumer is the worker on the jobs consumer, for bus.Serve.
 func (w *Worker) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[message.Job] {
-	return bus.Consumer[message.Job]{
+	c := bus.Consumer[message.Job]{
 		Durable:     bus.ConsumerWorkers,
 		Decode:      message.ParseJob,
 		Undecodable: message.DLQInvalid,
@@ -142,6 +152,10 @@ func (w *Worker) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[messa
 		Log:                log,
 		Metrics:            m,
 	}
+	if w.cfg.Gate != nil {
+		c.Gate = w.cfg.Gate
+	}
+	return c
 }
 
 // Handle decides what becomes of one job.
@@ -165,6 +179,9 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 	source := w.cfg.ThreatSource
 	if job.ThreatSource != "" {
 		source = job.ThreatSource
+	}
+	if out, held := w.held(); held {
+		return out
 	}
 	if job.DryRun {
 		return w.dryRun(ctx, job, a, ind, level, source)
@@ -191,7 +208,7 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg("Triage call failed; trying again")
 	})
 	if err != nil {
-		return bus.Err(err)
+		return w.failure(err)
 	}
 	reason := ""
 	if status == message.StatusNotFound {

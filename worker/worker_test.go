@@ -423,18 +423,12 @@ func TestTriageErrorsReachTheExecutorWithTheirRetryability(t *testing.T) {
 		{"500 without Retry-After", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
 			return nil, serverError(500, 0)
 		}}, true, 0, triage.ErrServer},
-		{"429 with Retry-After", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
-			return nil, rateLimited(30 * time.Second)
-		}}, true, 30 * time.Second, triage.ErrRateLimited},
 		{"422 validation", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
 			return nil, &triage.Error{Kind: triage.KindValidation, StatusCode: 422, Method: "POST", Path: "/threat_indicators", Messages: []string{"Threat level is not included in the list"}}
 		}}, false, 0, triage.ErrValidation},
-		{"403 client error", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
-			return nil, &triage.Error{Kind: triage.KindClient, StatusCode: 403, Method: "POST", Path: "/threat_indicators"}
+		{"400 client error", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
+			return nil, &triage.Error{Kind: triage.KindClient, StatusCode: 400, Method: "POST", Path: "/threat_indicators"}
 		}}, false, 0, triage.ErrClient},
-		{"401 after a fresh token", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
-			return nil, &triage.Error{Kind: triage.KindUnauthorized, StatusCode: 401, Method: "POST", Path: "/threat_indicators"}
-		}}, false, 0, triage.ErrUnauthorized},
 		{"connection refused", &fakeTriage{create: func(int, triage.NewIndicator) (*triage.Indicator, error) {
 			return nil, &triage.Error{Kind: triage.KindTransport, Method: "POST", Path: "/threat_indicators", Err: refused}
 		}}, true, 0, syscall.ECONNREFUSED},
@@ -571,8 +565,8 @@ func TestRetryAfterLongerThanTheRetryPolicyAllowsEndsTheDeliveryAtOnce(t *testin
 	cfg := worker.Config{Retry: retry.Policy{MaxAttempts: 3, InitialInterval: time.Millisecond, MaxInterval: time.Millisecond, MaxRetryAfter: time.Second}}
 	w := newWorker(t, cfg, tr, &fakeClaims{})
 	out := w.Handle(context.Background(), job(t, message.ActionCreate, "MD5", md5Value), attempt)
-	if after, _ := retry.RetryAfter(out.Error()); out.Kind() != bus.KindError || after != time.Minute {
-		t.Fatalf("outcome %s, Retry-After %v; want an error carrying a minute", out.Kind(), after)
+	if out.Kind() != bus.KindSnooze || out.Delay() != time.Minute {
+		t.Fatalf("outcome %s after %v; want the job snoozed for the minute, uncounted", out.Kind(), out.Delay())
 	}
 	if n := len(tr.ops()); n != 1 {
 		t.Fatalf("%d Triage calls; want 1: a minute is the redelivery's to wait, not the handler's", n)

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/threatq"
@@ -52,6 +53,12 @@ type Config struct {
 	// --dry-run`, whose ThreatQ client is read-only); a real result is
 	// snoozed for another writer.
 	OnlyDryRuns bool
+	// MaxPause bounds how long a 429 puts results off and pauses the
+	// replica (default DefaultMaxPause).
+	MaxPause time.Duration
+	// Gate, when set, holds the replica's work while ThreatQ refuses its
+	// credentials or has asked it to pause (internal/gate).
+	Gate *gate.Gate
 }
 
 func (c Config) withDefaults() Config {
@@ -69,6 +76,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = DefaultConcurrency
+	}
+	if c.MaxPause <= 0 {
+		c.MaxPause = DefaultMaxPause
 	}
 	return c
 }
@@ -88,7 +98,7 @@ func New(cfg Config, tq ThreatQ) *Writer {
 
 // Consumer is the writer on the results consumer, for bus.Serve.
 func (w *Writer) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[message.Result] {
-	return bus.Consumer[message.Result]{
+	c := bus.Consumer[message.Result]{
 		Durable:     bus.ConsumerWriteback,
 		Decode:      func(_ string, data []byte) (message.Result, error) { return message.ParseResult(data) },
 		Undecodable: message.DLQWriteback,
@@ -104,6 +114,10 @@ func (w *Writer) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[messa
 		Log:                log,
 		Metrics:            m,
 	}
+	if w.cfg.Gate != nil {
+		c.Gate = w.cfg.Gate
+	}
+	return c
 }
 
 // Handle writes one result's attributes.
@@ -122,6 +136,9 @@ func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bu
 	if r.Indicator.ID <= 0 {
 		return w.GiveUp(r, a, "the result names no ThreatQ indicator id")
 	}
+	if out, held := w.held(); held {
+		return out
+	}
 	attrs := make([]threatq.Attribute, len(r.Attributes))
 	for i, at := range r.Attributes {
 		attrs[i] = threatq.Attribute{Name: at.Name, Value: at.Value}
@@ -138,7 +155,7 @@ func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bu
 		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg("ThreatQ write failed; trying again")
 	})
 	if err != nil {
-		return bus.Err(err)
+		return w.failure(err)
 	}
 	zerolog.Ctx(ctx).Debug().Int("attributes", len(attrs)).Msg("attributes written")
 	return bus.Done("written", receipt(r, a, message.ReceiptWritten, kept))

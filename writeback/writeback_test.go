@@ -155,10 +155,9 @@ func TestSetAttributesFailuresReachTheExecutorWithTheirRetryability(t *testing.T
 		retryAfter time.Duration
 	}{
 		{"503 with Retry-After", setFailure(&threatq.Error{StatusCode: 503, Method: http.MethodGet, Path: path, RetryAfterDelay: 9 * time.Second}), true, 9 * time.Second},
-		{"429", setFailure(&threatq.Error{StatusCode: 429, Method: http.MethodPost, Path: path}), true, 0},
 		{"408", setFailure(&threatq.Error{StatusCode: 408, Method: http.MethodPost, Path: path}), true, 0},
 		{"connection reset", setFailure(&threatq.Error{Method: http.MethodGet, Path: path, Err: &url.Error{Op: "Get", URL: "https://tq.example" + path, Err: syscall.ECONNRESET}}), true, 0},
-		{"403", setFailure(&threatq.Error{StatusCode: 403, Method: http.MethodPut, Path: path + "/5"}), false, 0},
+		{"400", setFailure(&threatq.Error{StatusCode: 400, Method: http.MethodPut, Path: path + "/5"}), false, 0},
 		{"404: no such indicator", setFailure(&threatq.Error{StatusCode: 404, Method: http.MethodGet, Path: path}), false, 0},
 		{"501", setFailure(&threatq.Error{StatusCode: 501, Method: http.MethodPost, Path: path}), false, 0},
 		{"refused before sending", fmt.Errorf("set attributes of indicator 42: %w: an attribute has no name", threatq.ErrInvalidArgument), false, 0},

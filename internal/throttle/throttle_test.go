@@ -3,8 +3,6 @@ package throttle
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -23,36 +21,27 @@ func TestRateIsCapped(t *testing.T) {
 	}
 }
 
-func Test429PausesEveryRequestAndCutsTheRate(t *testing.T) {
-	var calls atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if calls.Add(1) == 1 {
-			w.Header().Set("Retry-After", "1")
-			w.WriteHeader(http.StatusTooManyRequests)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	}))
-	defer srv.Close()
-	th := New(100)
-	c := &http.Client{Transport: th.Transport(http.DefaultTransport)}
-	resp, err := c.Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
+func tooMany(retryAfter string) *http.Response {
+	h := http.Header{}
+	if retryAfter != "" {
+		h.Set("Retry-After", retryAfter)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusTooManyRequests || th.Throttled() != 1 {
-		t.Fatalf("status %d, throttled %d", resp.StatusCode, th.Throttled())
+	return &http.Response{StatusCode: http.StatusTooManyRequests, Header: h}
+}
+
+func Test429PausesEveryRequestAndCutsTheRate(t *testing.T) {
+	th := New(100)
+	th.Observe(tooMany("1"))
+	if th.Throttled() != 1 {
+		t.Fatalf("throttled %d", th.Throttled())
 	}
 	if th.Limit() >= 100 {
 		t.Fatalf("rate %v after a 429; want it cut below 100", th.Limit())
 	}
 	start := time.Now()
-	resp, err = c.Get(srv.URL)
-	if err != nil {
+	if err := th.Wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
 	if el := time.Since(start); el < 900*time.Millisecond {
 		t.Fatalf("next request went after %v; want the 1s Retry-After honoured", el)
 	}
@@ -60,10 +49,36 @@ func Test429PausesEveryRequestAndCutsTheRate(t *testing.T) {
 
 func TestWaitEndsWithContext(t *testing.T) {
 	th := New(0)
-	th.Observe(&http.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"60"}}})
+	th.Observe(tooMany("60"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if err := th.Wait(ctx); err == nil {
 		t.Fatal("Wait returned during a 60s pause")
+	}
+}
+
+func TestMaxPauseClampsALongRetryAfterAndSaysSoOnce(t *testing.T) {
+	type pause struct{ asked, used time.Duration }
+	var told []pause
+	th := New(0, MaxPause(300*time.Millisecond), OnPause(func(asked, used time.Duration) { told = append(told, pause{asked, used}) }))
+	th.Observe(tooMany("3600"))
+	th.Observe(tooMany("3600")) // extends the pause that runs: not told again
+	if len(told) != 1 || told[0] != (pause{time.Hour, 300 * time.Millisecond}) {
+		t.Fatalf("told %v; want one pause of 300ms for the hour asked", told)
+	}
+	if d := th.PausedFor(); d <= 0 || d > 300*time.Millisecond {
+		t.Fatalf("paused for %v; want at most the 300ms bound", d)
+	}
+	start := time.Now()
+	if err := th.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("waited %v; the bound did not hold", el)
+	}
+	// A pause that has ended is a new one.
+	th.Observe(tooMany(""))
+	if len(told) != 2 || told[1] != (pause{0, 300 * time.Millisecond}) {
+		t.Fatalf("told %v; want a second pause, of the default within the bound, for a 429 without Retry-After", told)
 	}
 }

@@ -62,6 +62,9 @@ func (s *Server) gate(api bool, h func(w http.ResponseWriter, r *http.Request, s
 		if latency > 0 && !sleep(r.Context(), latency) {
 			return
 		}
+		if api && s.throttled(w) {
+			return
+		}
 		if down {
 			fail = http.StatusServiceUnavailable
 		}
@@ -89,6 +92,9 @@ func (s *Server) gate(api bool, h func(w http.ResponseWriter, r *http.Request, s
 				s.n.unauthorized.Add(1)
 				w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 				writeJSON(w, http.StatusUnauthorized, map[string]string{"message": "Unauthenticated."})
+				return
+			}
+			if s.refused(w) {
 				return
 			}
 		}
@@ -142,6 +148,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, _ string) {
 	if grant == "" {
 		grant = params.Get("grant_type")
 	}
+	s.mu.Lock()
+	creds := s.creds
+	s.mu.Unlock()
 	var subject string
 	switch grant {
 	case "client_credentials":
@@ -149,17 +158,17 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, _ string) {
 		if !ok {
 			id, secret = params.Get("client_id"), params.Get("client_secret")
 		}
-		if id != s.creds.ClientID || secret != s.creds.ClientSecret {
+		if id != creds.ClientID || secret != creds.ClientSecret {
 			writeOAuthError(w, http.StatusUnauthorized, "invalid_client", "Client authentication failed")
 			return
 		}
 		subject = id
 	case "password":
-		if params.Get("client_id") != s.creds.ClientID {
+		if params.Get("client_id") != creds.ClientID {
 			writeOAuthError(w, http.StatusUnauthorized, "invalid_client", "Client authentication failed")
 			return
 		}
-		if params.Get("email") != s.creds.Email || params.Get("password") != s.creds.Password {
+		if params.Get("email") != creds.Email || params.Get("password") != creds.Password {
 			writeOAuthError(w, http.StatusBadRequest, "invalid_grant", "The user credentials were incorrect.")
 			return
 		}
@@ -199,7 +208,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, _ string) {
 	s.n.tokensIssued.Add(1)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"access_token":  access,
-		"token_type":    s.creds.TokenType,
+		"token_type":    creds.TokenType,
 		"expires_in":    max(int64(1), int64(life/time.Second)),
 		"refresh_token": refresh,
 	})

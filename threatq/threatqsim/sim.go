@@ -141,9 +141,11 @@ type counters struct {
 // Server is a simulated ThreatQ. Its methods are safe for concurrent use,
 // also while it serves requests.
 type Server struct {
-	creds Options // credentials and token type: fixed at New
+	creds Options // credentials and token type (under mu: SetCredentials)
 	mux   *http.ServeMux
 	n     counters
+
+	refusals refusals // RefuseAPI, ThrottleFor (refusals.go)
 
 	mu sync.Mutex
 	// knobs

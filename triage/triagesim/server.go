@@ -55,6 +55,8 @@ type Server struct {
 	tokens *tokens
 	stats  counters
 	now    func() time.Time
+
+	refusals refusals // RefuseAPI, ThrottleFor (refusals.go)
 }
 
 // New returns a simulator configured by opts, holding no indicators.
@@ -226,6 +228,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if s.throttled(w) {
+		return
+	}
 	if st.limiter != nil && !st.limiter.Allow() {
 		s.stats.rateLimited.Add(1)
 		w.Header().Set("Retry-After", st.retryAfter)
@@ -246,7 +251,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.writeErrors(w, status, newError(status, strconv.Itoa(status), http.StatusText(status), "Simulated failure."))
 		return
 	}
-	if !s.authorized(w, r) {
+	if !s.authorized(w, r) || s.refused(w) {
 		return
 	}
 	if !s.acceptable(w, r) {

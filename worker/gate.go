@@ -1,0 +1,58 @@
+package worker
+
+import (
+	"errors"
+	"time"
+
+	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/gate"
+	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/triage"
+)
+
+// Refused credentials and rate limits are the replica's condition, not
+// the job's (docs/flow.md): a job that meets one is put off without
+// counting (bus.Snooze), never failed, and the gate stops the replica
+// taking more until it can work again.
+
+// DefaultMaxPause bounds how long a 429 pauses the replica, whatever its
+// Retry-After asks for (TRIAGE_MAX_PAUSE).
+const DefaultMaxPause = 5 * time.Minute
+
+// held is the outcome of a job met while the gate is closed: put off
+// before it is admitted to the cap or sent, so that it spends nothing.
+func (w *Worker) held() (bus.Outcome, bool) {
+	if w.cfg.Gate == nil {
+		return bus.Outcome{}, false
+	}
+	d, why := w.cfg.Gate.Hold()
+	if d <= 0 {
+		return bus.Outcome{}, false
+	}
+	return bus.Snooze(d, why), true
+}
+
+// failure is the outcome of a job whose Triage calls ended in err: the
+// executor's to resolve, unless err is the replica's condition.
+func (w *Worker) failure(err error) bus.Outcome {
+	switch {
+	case gate.Refused(err):
+		d, why := gate.DefaultHold, "Triage refused the credentials: "+err.Error()
+		if g := w.cfg.Gate; g != nil {
+			g.Refuse(err)
+			d, why = g.Hold()
+		}
+		return bus.Snooze(d, why)
+	case errors.Is(err, triage.ErrRateLimited):
+		d, _ := retry.RetryAfter(err)
+		if d <= 0 {
+			d = w.cfg.RedeliveryDelay
+		}
+		d = min(d, w.cfg.MaxPause)
+		if g := w.cfg.Gate; g != nil {
+			g.Pause(d, "Triage answered 429")
+		}
+		return bus.Snooze(d, "Triage answered 429: "+err.Error())
+	}
+	return bus.Err(err)
+}
