@@ -91,7 +91,9 @@ func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*t
 // NewWorker returns a worker on claims with two Triage clients built from
 // s: one for its jobs, and a read-only one for its dry runs, through which
 // a dry-run job reads and can do nothing else. With s.ReadOnly both are
-// read-only, and the worker takes dry-run jobs alone.
+// read-only, and the worker takes dry-run jobs alone. Unless cfg has a
+// gate, the worker gets one (TriageGate), which starts obtaining a token
+// at once and probes until ctx ends.
 func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims worker.Claims) (*worker.Worker, error) {
 	// One throttle: the replica's rate limit and 429 pauses hold for
 	// both.
@@ -99,6 +101,9 @@ func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims 
 	tc, err := newTriage(ctx, s, th)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Gate == nil {
+		cfg.Gate = TriageGate(ctx, tc, s.Log)
 	}
 	onlyDry := s.ReadOnly
 	s.ReadOnly = true

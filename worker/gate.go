@@ -19,6 +19,9 @@ import (
 // Retry-After asks for (TRIAGE_MAX_PAUSE).
 const DefaultMaxPause = 5 * time.Minute
 
+// Gate is the worker's gate (nil: none).
+func (w *Worker) Gate() *gate.Gate { return w.cfg.Gate }
+
 // held is the outcome of a job met while the gate is closed: put off
 // before it is admitted to the cap or sent, so that it spends nothing.
 func (w *Worker) held() (bus.Outcome, bool) {

@@ -858,6 +858,8 @@ func TestUsageErrorsExit2NamingFlagAndVariable(t *testing.T) {
 		{"bad boolean", ok.with("TRIAGE_VERIFY_SSL", "maybe"), []string{"worker"}, []string{"--triage-verify-ssl", "$TRIAGE_VERIFY_SSL", "maybe"}},
 		{"bad concurrency flag", ok, []string{"worker", "--worker-concurrency", "0"}, []string{"--worker-concurrency", "$WORKER_CONCURRENCY"}},
 		{"bad log level", ok.with("LOG_LEVEL", "loud"), []string{"writeback"}, []string{"--log-level", "$LOG_LEVEL"}},
+		{"no pause after a 429", ok.with("TRIAGE_MAX_PAUSE", "0s"), []string{"worker"}, []string{"--triage-max-pause", "$TRIAGE_MAX_PAUSE", "at least 1s"}},
+		{"a pause that is not a duration", ok, []string{"writeback", "--threatq-max-pause", "5"}, []string{"--threatq-max-pause", "$THREATQ_MAX_PAUSE"}},
 		{"missing Triage secret", ok.without("TRIAGE_CLIENT_SECRET"), []string{"worker"}, []string{"$TRIAGE_CLIENT_SECRET", "$TRIAGE_CLIENT_SECRET_FILE", "required"}},
 		{"missing Triage address", ok.without("TRIAGE_BASE_URL"), []string{"worker"}, []string{"--triage-base-url", "$TRIAGE_BASE_URL", "required"}},
 		{"missing ThreatQ address", ok.without("THREATQ_BASE_URL"), []string{"writeback"}, []string{"--threatq-base-url", "$THREATQ_BASE_URL", "required"}},
@@ -911,19 +913,18 @@ func TestSecretsFromFilesAndNeverPrinted(t *testing.T) {
 	mustCode(t, r, 0)
 	wantCounts(t, r, map[string]int{"created": sampleValid - sampleExists, "exists": sampleExists, "invalid": sampleInvalid})
 
-	// Wrong secrets: the runs fail, saying why, without the secret (tq
-	// checks every output for it).
+	// Wrong secrets: the runs end before publishing, saying why, without
+	// the secret (tq checks every output for it); no job is failed.
 	bad := write("bad", testSecret+"\n")
-	r = tq(t, env.with("THREATQ_CLIENT_SECRET_FILE", bad), "", "run", "--action", "create", "--collection", s.collection)
-	mustCode(t, r, 1)
-	if !strings.Contains(r.stderr, "401") {
-		t.Errorf("a refused ThreatQ secret is not reported: %v", r)
-	}
-	r = tq(t, env.with("TRIAGE_CLIENT_SECRET_FILE", bad, "WORKER_MAX_DELIVER", "1"), "", "run", "--action", "update", "--collection", s.collection)
-	mustCode(t, r, 1)
-	wantCounts(t, r, map[string]int{"failed": sampleValid, "invalid": sampleInvalid})
-	if !strings.Contains(r.stdout, "401") {
-		t.Errorf("a refused Triage secret is not reported: %v", r)
+	for _, c := range []struct{ file, service string }{{"THREATQ_CLIENT_SECRET_FILE", "ThreatQ"}, {"TRIAGE_CLIENT_SECRET_FILE", "Triage"}} {
+		r = tq(t, env.with(c.file, bad, "WORKER_MAX_DELIVER", "1"), "", "run", "--action", "update", "--collection", s.collection)
+		mustCode(t, r, 1)
+		if !strings.Contains(r.stderr, c.service+" refused the credentials") || !strings.Contains(r.stderr, "401") || !strings.Contains(r.stderr, "nothing published") {
+			t.Errorf("a refused %s secret is not reported: %v", c.service, r)
+		}
+		if r.stdout != "" {
+			t.Errorf("a run refused its credentials printed a run: %v", r)
+		}
 	}
 }
 
@@ -967,8 +968,8 @@ func TestHelpListsFlagsWithTheirEnvironmentVariables(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"worker"}, []string{"-nats-url", "[$NATS_URL]", "-triage-base-url", "[$TRIAGE_BASE_URL]", "[$TRIAGE_CLIENT_ID]", "$TRIAGE_CLIENT_SECRET_FILE", "[$TRIAGE_THREAT_LEVEL] (default \"Malicious\")", "[$TRIAGE_OBJECTS_PER_RUN]", "[$TRIAGE_VERIFY_SSL] (default true)", "[$TRIAGE_SOURCE]", "[$TRIAGE_RATE_LIMIT]", "[$WORKER_CONCURRENCY]", "[$HTTP_ADDR]", "[$LOG_LEVEL]", "[$LOG_FORMAT]", "[$NATS_CREDS]", "[$NATS_TLS_CA]"}},
-		{[]string{"writeback"}, []string{"-threatq-base-url", "[$THREATQ_BASE_URL]", "[$THREATQ_CLIENT_ID]", "$THREATQ_CLIENT_SECRET_FILE", "[$THREATQ_VERIFY_SSL]", "[$THREATQ_EMAIL]", "[$THREATQ_ATTRIBUTE_SOURCE]", "[$NATS_URL]"}},
+		{[]string{"worker"}, []string{"-nats-url", "[$NATS_URL]", "-triage-base-url", "[$TRIAGE_BASE_URL]", "[$TRIAGE_CLIENT_ID]", "$TRIAGE_CLIENT_SECRET_FILE", "[$TRIAGE_THREAT_LEVEL] (default \"Malicious\")", "[$TRIAGE_OBJECTS_PER_RUN]", "[$TRIAGE_VERIFY_SSL] (default true)", "[$TRIAGE_SOURCE]", "[$TRIAGE_RATE_LIMIT]", "[$TRIAGE_MAX_PAUSE] (default \"5m0s\")", "[$WORKER_CONCURRENCY]", "[$HTTP_ADDR]", "[$LOG_LEVEL]", "[$LOG_FORMAT]", "[$NATS_CREDS]", "[$NATS_TLS_CA]"}},
+		{[]string{"writeback"}, []string{"-threatq-base-url", "[$THREATQ_BASE_URL]", "[$THREATQ_CLIENT_ID]", "$THREATQ_CLIENT_SECRET_FILE", "[$THREATQ_VERIFY_SSL]", "[$THREATQ_EMAIL]", "[$THREATQ_ATTRIBUTE_SOURCE]", "[$THREATQ_MAX_PAUSE] (default \"5m0s\")", "[$NATS_URL]"}},
 		{[]string{"publish"}, []string{"-action", "-collection", "-file", "-upsert", "-wait", "-dry-run", "-report", "[$NATS_URL]", "[$THREATQ_BASE_URL]"}},
 		{[]string{"run"}, []string{"-action", "-collection", "-file", "-upsert", "-data-dir", "[$TQTRIAGE_DATA_DIR]", "[$NATS_URL]", "[$TRIAGE_BASE_URL]", "[$THREATQ_BASE_URL]"}},
 		{[]string{"status"}, []string{"RUN_ID", "-json", "[$NATS_URL]"}},

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/httpmetrics"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/termsafe"
@@ -32,19 +33,20 @@ const natsURLHelp = "NATS server (default nats://127.0.0.1:4222)"
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return runReplica(ctx, args, stdout, stderr, "worker", bus.RoleWorker, addTriage, func(s *settings) buildFunc {
 		t := readTriage(s)
-		return func(ctx context.Context, hm *httpmetrics.Metrics) (serveFunc, error) {
-			t.settings.Metrics = hm
-			// Built before NATS is tried; the claims come with the bus.
+		return func(ctx context.Context, log zerolog.Logger, hm *httpmetrics.Metrics) (replica, error) {
+			t.settings.Metrics, t.settings.Log = hm, log
+			// Built before NATS is tried (its gate obtains a token at
+			// once); the claims come with the bus.
 			var claims lateClaims
 			w, err := pipeline.NewWorker(ctx, t.settings, t.worker, &claims)
 			if err != nil {
-				return nil, err
+				return replica{}, err
 			}
-			return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
+			return replica{gate: w.Gate(), serve: func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
 				claims.Claims = b
-				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Msg("worker started")
+				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Dur("max_pause", t.worker.MaxPause).Msg("worker started")
 				return pipeline.ServeWorkers(ctx, b, w, log, m)
-			}, nil
+			}}, nil
 		}
 	})
 }
@@ -54,26 +56,30 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return runReplica(ctx, args, stdout, stderr, "writeback", bus.RoleWriteback, addFlags, func(s *settings) buildFunc {
 		t := readThreatQ(s, "to write attributes back")
 		cfg := readWriteback(s, &t)
-		return func(ctx context.Context, hm *httpmetrics.Metrics) (serveFunc, error) {
-			t.Metrics = hm
-			wr, err := newWriter(ctx, t, cfg)
+		return func(ctx context.Context, log zerolog.Logger, hm *httpmetrics.Metrics) (replica, error) {
+			t.Metrics, t.Log = hm, log
+			wr, g, err := newWriter(ctx, t, cfg)
 			if err != nil {
-				return nil, err
+				return replica{}, err
 			}
-			return func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
-				log.Info().Int("concurrency", cfg.Concurrency).Msg("write-back started")
+			return replica{gate: g, serve: func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
+				log.Info().Int("concurrency", cfg.Concurrency).Dur("max_pause", cfg.MaxPause).Msg("write-back started")
 				return pipeline.ServeWriteback(ctx, b, wr, log, m)
-			}, nil
+			}}, nil
 		}
 	})
 }
 
-// A replica is built in two steps: its remote service's client from the
-// settings (so that a bad address or secret fails before NATS is tried),
-// then its service on the connected bus, which serves until ctx ends.
+// A replica is built in two steps: its remote service's client and gate
+// from the settings (so that a bad address or secret fails before NATS is
+// tried, and the gate starts obtaining a token at once), then its service
+// on the connected bus, which serves until ctx ends.
 type (
-	buildFunc func(ctx context.Context, hm *httpmetrics.Metrics) (serveFunc, error)
-	serveFunc func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error
+	buildFunc func(ctx context.Context, log zerolog.Logger, hm *httpmetrics.Metrics) (replica, error)
+	replica   struct {
+		gate  *gate.Gate // its standing with its remote service
+		serve func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error
+	}
 )
 
 // runReplica is what the worker and write-back commands share: settings,
@@ -93,7 +99,7 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 		return usageErr("%w", err)
 	}
 	m := pipeline.NewMetrics()
-	serve, err := build(ctx, m.HTTP)
+	rep, err := build(ctx, log, m.HTTP)
 	if err != nil {
 		return err
 	}
@@ -103,12 +109,12 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	}
 	defer b.Close()
 	m.WatchConsumers(b, roleConsumers[role]...)
-	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), m, natsReady(b), log)
+	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), m, replicaReady(ctx, b, []*gate.Gate{rep.gate}, roleConsumers[role]...), log)
 	if err != nil {
 		return err
 	}
 	defer stopHTTP()
-	err = serve(ctx, b, log, m.Bus)
+	err = rep.serve(ctx, b, log, m.Bus)
 	log.Info().Msg(strings.Replace(name, "writeback", "write-back", 1) + " stopped")
 	return err
 }
@@ -294,17 +300,23 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer shutdown()
+	t.settings.Log = log
 	w, err := newWorker(ctx, t, b, m)
 	if err != nil {
 		return err
 	}
-	q.Metrics = m.HTTP
-	wr, err := newWriter(ctx, q, wcfg)
+	q.Metrics, q.Log = m.HTTP, log
+	wr, qg, err := newWriter(ctx, q, wcfg)
 	if err != nil {
 		return err
 	}
+	// A run whose credentials are refused publishes nothing: its jobs
+	// would wait for credentials that may never work.
+	if err := credentialsRefused(ctx, w.Gate(), qg); err != nil {
+		return fmt.Errorf("nothing published: %w", err)
+	}
 	m.WatchConsumers(b, bus.ConsumerWorkers, bus.ConsumerWriteback)
-	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), m, natsReady(b), log)
+	stopHTTP, err := serveHTTP(ctx, s.str("http-addr"), m, replicaReady(ctx, b, []*gate.Gate{w.Gate(), qg}, bus.ConsumerWorkers, bus.ConsumerWriteback), log)
 	if err != nil {
 		return err
 	}

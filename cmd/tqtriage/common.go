@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/mapping"
@@ -56,6 +57,7 @@ func addTriage(s *settings) {
 	s.add("triage-ca-file", "TRIAGE_CA_FILE", "", "extra CA bundle for Triage's certificate")
 	s.add("triage-source", "TRIAGE_SOURCE", worker.DefaultThreatSource, "threat source sent to Triage")
 	s.add("triage-rate-limit", "TRIAGE_RATE_LIMIT", "0", "requests a second to Triage from this replica (0: no limit; 429s are honoured anyway)")
+	s.add("triage-max-pause", "TRIAGE_MAX_PAUSE", worker.DefaultMaxPause.String(), "longest pause after a 429, whatever its Retry-After asks for")
 	s.add("worker-concurrency", "WORKER_CONCURRENCY", strconv.Itoa(worker.DefaultConcurrency), "jobs worked on at once by this replica")
 	s.add("worker-max-deliver", "WORKER_MAX_DELIVER", strconv.Itoa(worker.DefaultMaxDeliver), "deliveries of a job before a retryable failure is final")
 }
@@ -74,6 +76,7 @@ func addThreatQ(s *settings) {
 func addWriteback(s *settings) {
 	s.add("threatq-attribute-source", "THREATQ_ATTRIBUTE_SOURCE", threatq.DefaultAttributeSource, "source named on the attributes written back")
 	s.add("writeback-concurrency", "WRITEBACK_CONCURRENCY", strconv.Itoa(writeback.DefaultConcurrency), "results written back at once by this replica")
+	s.add("threatq-max-pause", "THREATQ_MAX_PAUSE", writeback.DefaultMaxPause.String(), "longest pause of write-back after a 429, whatever its Retry-After asks for")
 }
 
 // parseWithLogger parses a command's arguments and builds its logger, the
@@ -149,10 +152,11 @@ func readTriage(s *settings) triageSetup {
 	t.settings = pipeline.TriageSettings{
 		BaseURL:            s.required("triage-base-url", "to reach Triage"),
 		ClientID:           s.required("triage-client-id", "to reach Triage"),
-		ClientSecret:       s.secret("TRIAGE_CLIENT_SECRET", true, "to reach Triage"),
+		ClientSecretFunc:   s.secretSource("TRIAGE_CLIENT_SECRET", true, "to reach Triage"),
 		InsecureSkipVerify: !s.boolean("triage-verify-ssl"),
 		CAFile:             s.str("triage-ca-file"),
 		RateLimit:          s.float("triage-rate-limit", 0),
+		MaxPause:           s.atLeast("triage-max-pause", time.Second),
 	}
 	level, err := mapping.ParseThreatLevel(s.str("triage-threat-level"))
 	if err != nil {
@@ -164,6 +168,7 @@ func readTriage(s *settings) triageSetup {
 		ObjectsPerRun: s.integer("triage-objects-per-run", 1),
 		MaxDeliver:    s.integer("worker-max-deliver", 1),
 		Concurrency:   s.integer("worker-concurrency", 1),
+		MaxPause:      t.settings.MaxPause,
 	}
 	return t
 }
@@ -179,9 +184,9 @@ func readThreatQ(s *settings, why string) pipeline.ThreatQSettings {
 		CAFile:             s.str("threatq-ca-file"),
 	}
 	if email != "" {
-		t.Password = s.secret("THREATQ_PASSWORD", true, "with $THREATQ_EMAIL (the password grant)")
+		t.SecretFunc = s.secretSource("THREATQ_PASSWORD", true, "with $THREATQ_EMAIL (the password grant)")
 	} else {
-		t.ClientSecret = s.secret("THREATQ_CLIENT_SECRET", true, why)
+		t.SecretFunc = s.secretSource("THREATQ_CLIENT_SECRET", true, why)
 	}
 	return t
 }
@@ -189,25 +194,43 @@ func readThreatQ(s *settings, why string) pipeline.ThreatQSettings {
 // readWriteback reads write-back's own settings onto t.
 func readWriteback(s *settings, t *pipeline.ThreatQSettings) writeback.Config {
 	t.AttributeSource = s.str("threatq-attribute-source")
-	return writeback.Config{Concurrency: s.integer("writeback-concurrency", 1)}
+	t.MaxPause = s.atLeast("threatq-max-pause", time.Second)
+	return writeback.Config{Concurrency: s.integer("writeback-concurrency", 1), MaxPause: t.MaxPause}
 }
 
-// newWorker builds a worker on b from the Triage settings.
+// newWorker builds a worker on b from the Triage settings, with its gate
+// (pipeline.NewWorker), which starts obtaining a token at once.
 func newWorker(ctx context.Context, t triageSetup, b *bus.Bus, m *pipeline.Metrics) (*worker.Worker, error) {
 	t.settings.Metrics = m.HTTP
 	return pipeline.NewWorker(ctx, t.settings, t.worker, b)
 }
 
-func newWriter(ctx context.Context, t pipeline.ThreatQSettings, cfg writeback.Config) (*writeback.Writer, error) {
+// newWriter builds a writer from the ThreatQ settings, with its gate,
+// which starts obtaining a token at once.
+func newWriter(ctx context.Context, t pipeline.ThreatQSettings, cfg writeback.Config) (*writeback.Writer, *gate.Gate, error) {
 	tq, err := pipeline.NewThreatQ(ctx, t, retry.None)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return writeback.New(cfg, tq), nil
+	cfg.Gate = pipeline.ThreatQGate(ctx, tq, t.Log)
+	return writeback.New(cfg, tq), cfg.Gate, nil
+}
+
+// credentialsRefused waits for the first token of each gate and returns
+// the first refusal, if any: a one-shot command ends on it rather than
+// wait for credentials that may never work. Other failures (a service
+// down) are waited out like any replica does.
+func credentialsRefused(ctx context.Context, gates ...*gate.Gate) error {
+	for _, g := range gates {
+		if err := g.Started(ctx); err != nil && gate.Refused(err) {
+			return g.Ready()
+		}
+	}
+	return nil
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz on addr until ctx ends.
-// ready reports whether the process can do its work (NATS connected).
+// ready reports whether the process can do its work (replicaReady).
 func serveHTTP(ctx context.Context, addr string, m *pipeline.Metrics, ready func() error, log zerolog.Logger) (func(), error) {
 	if addr == "" {
 		return func() {}, nil
@@ -241,10 +264,30 @@ func serveHTTP(ctx context.Context, addr string, m *pipeline.Metrics, ready func
 	}, nil
 }
 
-func natsReady(b *bus.Bus) func() error {
+// replicaReady is what /readyz says of a replica: ready only while it is
+// not draining (ctx has not ended), its NATS connection is up, each gate
+// holds a token its service accepts, and its durable consumers are in
+// place; else why not.
+func replicaReady(ctx context.Context, b *bus.Bus, gates []*gate.Gate, durables ...string) func() error {
 	return func() error {
+		if ctx.Err() != nil {
+			return errors.New("draining: stopping, taking no more work")
+		}
 		if !b.Connected() {
 			return errors.New("NATS not connected")
+		}
+		for _, g := range gates {
+			if err := g.Ready(); err != nil {
+				return err
+			}
+		}
+		for _, d := range durables {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := b.ConsumerState(cctx, d)
+			cancel()
+			if err != nil {
+				return err
+			}
 		}
 		return nil
 	}

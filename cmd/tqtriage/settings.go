@@ -159,6 +159,16 @@ func (s *settings) duration(flagName string) time.Duration {
 	return d
 }
 
+// atLeast is a duration setting of at least min.
+func (s *settings) atLeast(flagName string, min time.Duration) time.Duration {
+	v := s.str(flagName)
+	d, err := time.ParseDuration(v)
+	if err != nil || d < min {
+		s.errs = append(s.errs, fmt.Errorf("%s=%q: want a duration of at least %v, such as 5m", s.name(flagName), v, min))
+	}
+	return d
+}
+
 // required records an error when a setting is empty.
 func (s *settings) required(flagName, why string) string {
 	v := s.str(flagName)
@@ -170,6 +180,27 @@ func (s *settings) required(flagName, why string) string {
 
 // err returns every problem found so far.
 func (s *settings) err() error { return errors.Join(s.errs...) }
+
+// secretSource is secret as a source that the clients call for each token
+// request: a secret given by $env_FILE is read from the file again each
+// time, so that a secret rotated in the file is used without a restart.
+// The first read is now, with secret's checks (a usage error); a later
+// failure is the source's error, which names the variable and the file,
+// never the content.
+func (s *settings) secretSource(env string, required bool, why string) func() (string, error) {
+	v := s.secret(env, required, why)
+	file, okF := os.LookupEnv(env + "_FILE")
+	if !okF || file == "" || os.Getenv(env) != "" {
+		return func() (string, error) { return v, nil }
+	}
+	return func() (string, error) {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("$%s_FILE: %w", env, err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+}
 
 // secret reads a secret from $env or from the file named by $env_FILE,
 // never from a flag. required adds an error when neither is set.
