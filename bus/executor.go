@@ -187,6 +187,7 @@ func (e *executor[T]) pull(ctx, hctx context.Context, cons jetstream.Consumer, h
 		close(draining)
 		it.Drain()
 	}()
+	var back []jetstream.Msg // buffered, not started: handed back once the iterator is closed
 	for {
 		// Take a slot before pulling, so a message is only taken from
 		// the buffer when a handler is free for it; once draining, take
@@ -195,14 +196,14 @@ func (e *executor[T]) pull(ctx, hctx context.Context, cons jetstream.Consumer, h
 		select {
 		case slots <- struct{}{}:
 		case <-draining:
-			return e.handBackBuffered(hctx, it)
+			return e.handBack(hctx, it, back)
 		}
 		m, err := it.Next()
 		if err != nil {
 			<-slots
 			switch {
 			case errors.Is(err, jetstream.ErrMsgIteratorClosed) && isClosed(draining):
-				return nil
+				return e.handBack(hctx, it, back)
 			case errors.Is(err, jetstream.ErrMsgIteratorClosed):
 				return fmt.Errorf("consume %s: iterator closed", e.c.Durable)
 			case errors.Is(err, jetstream.ErrNoHeartbeat):
@@ -211,9 +212,7 @@ func (e *executor[T]) pull(ctx, hctx context.Context, cons jetstream.Consumer, h
 			return fmt.Errorf("consume %s: %w", e.c.Durable, err)
 		}
 		if isClosed(draining) {
-			// Buffered, not started: hand it back so another replica
-			// takes it now, not after ack-wait.
-			e.settle(hctx, &delivery[T]{m: m, log: e.log}, HandBack())
+			back = append(back, m)
 			<-slots
 			continue
 		}
@@ -226,20 +225,29 @@ func (e *executor[T]) pull(ctx, hctx context.Context, cons jetstream.Consumer, h
 	}
 }
 
-// handBackBuffered hands back, uncounted, what a draining iterator still
-// holds.
-func (e *executor[T]) handBackBuffered(ctx context.Context, it jetstream.MessagesContext) error {
+// handBack takes what a draining iterator still holds and hands it back,
+// with back, uncounted, so that another replica takes it now rather than
+// after its ack wait. Only once the iterator is closed (its subscription
+// gone from the server): a message handed back earlier could be sent
+// again at once to the subscription on its way out, and be lost there,
+// to come back after its ack wait as a counted delivery.
+func (e *executor[T]) handBack(ctx context.Context, it jetstream.MessagesContext, back []jetstream.Msg) error {
 	for {
 		m, err := it.Next()
 		switch {
-		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
-			return nil
+		case err == nil:
+			back = append(back, m)
+			continue
 		case errors.Is(err, jetstream.ErrNoHeartbeat):
 			continue
-		case err != nil:
-			return fmt.Errorf("consume %s: %w", e.c.Durable, err)
 		}
-		e.settle(ctx, &delivery[T]{m: m, log: e.log}, HandBack())
+		for _, m := range back {
+			e.settle(ctx, &delivery[T]{m: m, log: e.log}, HandBack())
+		}
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
+		return fmt.Errorf("consume %s: %w", e.c.Durable, err)
 	}
 }
 
