@@ -226,7 +226,9 @@ func (g *Gate) Refuse(err error) {
 	if was {
 		g.endLocked()
 	}
-	g.logRefusalLocked(now, true)
+	// A refusal after a good while is news; one soon after a probe
+	// reopened the gate is the same refusal going on.
+	g.logRefusalLocked(now, g.failures == 0)
 	select {
 	case g.wake <- struct{}{}:
 	default:
@@ -248,7 +250,7 @@ func (g *Gate) Pause(d time.Duration, why string) {
 	g.pausedUntil = until
 	if was {
 		g.endLocked()
-		g.log.Warn().Dur("pause", d).Str("reason", why).Msg("taking no work until the pause ends; jobs in hand are put off without counting")
+		g.log.Debug().Dur("pause", d).Str("reason", why).Msg("taking no new work until the pause ends")
 	}
 }
 
@@ -268,7 +270,7 @@ func (g *Gate) logRefusalLocked(now time.Time, first bool) {
 }
 
 func (g *Gate) backoffLocked() time.Duration {
-	return retry.Doubling(g.cfg.Retry, g.cfg.MaxRetry, g.failures+1)
+	return retry.Doubling(g.cfg.Retry, g.cfg.MaxRetry, g.failures)
 }
 
 // probe obtains a token at once, then, whenever the gate is refused,
