@@ -60,16 +60,30 @@ type TriageSettings struct {
 // after a 429 for its Retry-After, at most MaxPause. It makes one attempt
 // per call: the worker retries.
 func NewTriage(ctx context.Context, s TriageSettings) (*triage.Client, error) {
-	return newTriage(ctx, s, triageThrottle(s))
+	return newTriage(ctx, s, triageThrottle(s, nil))
 }
 
 // triageThrottle paces a replica's Triage requests: its rate limit, and
-// the pause after a 429, at most MaxPause.
-func triageThrottle(s TriageSettings) *throttle.Throttle {
+// the pause after a 429, at most MaxPause, which it logs and tells paused.
+func triageThrottle(s TriageSettings, paused func(time.Duration)) *throttle.Throttle {
 	if s.MaxPause <= 0 {
 		s.MaxPause = worker.DefaultMaxPause
 	}
-	return throttle.New(s.RateLimit, throttle.MaxPause(s.MaxPause), throttle.OnPause(pauseLog(s.Log, "Triage", "TRIAGE_MAX_PAUSE", s.MaxPause)))
+	return throttle.New(s.RateLimit, throttle.MaxPause(s.MaxPause), throttle.OnPause(onPause(s.Log, "Triage", "TRIAGE_MAX_PAUSE", s.MaxPause, paused)))
+}
+
+// lateGate is a gate given to a throttle before it exists: the gate's
+// probe needs the client, which needs the throttle.
+type lateGate struct{ atomic.Pointer[gate.Gate] }
+
+// paused pauses the gate, once there is one, for a pause a 429 started:
+// the replica pulls no message that would wait in its buffer through it.
+func (l *lateGate) paused(service string) func(time.Duration) {
+	return func(d time.Duration) {
+		if g := l.Load(); g != nil {
+			g.Pause(d, service+" answered 429")
+		}
+	}
 }
 
 func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*triage.Client, error) {
@@ -92,19 +106,24 @@ func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*t
 // s: one for its jobs, and a read-only one for its dry runs, through which
 // a dry-run job reads and can do nothing else. With s.ReadOnly both are
 // read-only, and the worker takes dry-run jobs alone. Unless cfg has a
-// gate, the worker gets one (TriageGate), which starts obtaining a token
-// at once and probes until ctx ends.
+// gate, the worker gets one (internal/gate): closed until the client has
+// obtained a token and while Triage refuses its credentials, probing with
+// a fresh token until ctx ends; and paused for every pause a 429 starts
+// in the clients, so that the replica pulls no job that would wait in its
+// buffer through the pause.
 func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims worker.Claims) (*worker.Worker, error) {
 	// One throttle: the replica's rate limit and 429 pauses hold for
 	// both.
-	th := triageThrottle(s)
+	var g lateGate
+	th := triageThrottle(s, g.paused("Triage"))
 	tc, err := newTriage(ctx, s, th)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Gate == nil {
-		cfg.Gate = TriageGate(ctx, tc, s.Log)
+		cfg.Gate = gate.New(ctx, gate.Config{Service: "Triage", Probe: tc.Authenticate, Log: s.Log})
 	}
+	g.Store(cfg.Gate)
 	onlyDry := s.ReadOnly
 	s.ReadOnly = true
 	ro, err := newTriage(ctx, s, th)
@@ -123,10 +142,13 @@ func NewWorker(ctx context.Context, s TriageSettings, cfg worker.Config, claims 
 	return w, nil
 }
 
-// pauseLog logs the start of a pause after a 429, and says when the
-// server's Retry-After was longer than the setting allows.
-func pauseLog(log zerolog.Logger, service, setting string, most time.Duration) func(asked, pause time.Duration) {
+// onPause logs the start of a pause after a 429 (saying when the server's
+// Retry-After was longer than the setting allows) and tells paused.
+func onPause(log zerolog.Logger, service, setting string, most time.Duration, paused func(time.Duration)) func(asked, pause time.Duration) {
 	return func(asked, pause time.Duration) {
+		if paused != nil {
+			paused(pause)
+		}
 		ev := log.Warn().Dur("pause", pause)
 		if asked > 0 {
 			ev = ev.Dur("retry_after", asked)
@@ -137,13 +159,6 @@ func pauseLog(log zerolog.Logger, service, setting string, most time.Duration) f
 		}
 		ev.Msg(service + " answered 429; every request of this replica pauses")
 	}
-}
-
-// TriageGate is a worker replica's gate (internal/gate): closed until the
-// client has obtained a token and while Triage refuses its credentials,
-// probing with a fresh token until ctx ends.
-func TriageGate(ctx context.Context, c *triage.Client, log zerolog.Logger) *gate.Gate {
-	return gate.New(ctx, gate.Config{Service: "Triage", Probe: c.Authenticate, Log: log})
 }
 
 // ThreatQSettings connect to ThreatQ.
@@ -163,6 +178,8 @@ type ThreatQSettings struct {
 	// Log is told when a 429 pauses the replica (zero value: nowhere).
 	Log     zerolog.Logger
 	Metrics *httpmetrics.Metrics // nil: none
+
+	paused func(time.Duration) // NewThreatQReplica: the gate's pause
 	// ReadOnly: as TriageSettings.ReadOnly (a dry run reads the
 	// collection and writes nothing back).
 	ReadOnly bool
@@ -175,7 +192,7 @@ func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*t
 	if s.MaxPause <= 0 {
 		s.MaxPause = writeback.DefaultMaxPause
 	}
-	th := throttle.New(0, throttle.MaxPause(s.MaxPause), throttle.OnPause(pauseLog(s.Log, "ThreatQ", "THREATQ_MAX_PAUSE", s.MaxPause)))
+	th := throttle.New(0, throttle.MaxPause(s.MaxPause), throttle.OnPause(onPause(s.Log, "ThreatQ", "THREATQ_MAX_PAUSE", s.MaxPause, s.paused)))
 	return threatq.New(context.WithoutCancel(ctx), threatq.Config{ // as in NewTriage
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret, SecretFunc: s.SecretFunc,
 		Email: s.Email, Password: s.Password, AttributeSource: s.AttributeSource,
@@ -187,9 +204,19 @@ func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*t
 	})
 }
 
-// ThreatQGate is a write-back replica's gate, as TriageGate for ThreatQ.
-func ThreatQGate(ctx context.Context, c *threatq.Client, log zerolog.Logger) *gate.Gate {
-	return gate.New(ctx, gate.Config{Service: "ThreatQ", Probe: c.Authenticate, Log: log})
+// NewThreatQReplica returns a write-back replica's ThreatQ client (with
+// retry.None: write-back retries) and its gate, as NewWorker's: closed
+// until the client has a token and while ThreatQ refuses its credentials,
+// and paused for every pause a 429 starts in the client.
+func NewThreatQReplica(ctx context.Context, s ThreatQSettings) (*threatq.Client, *gate.Gate, error) {
+	var g lateGate
+	s.paused = g.paused("ThreatQ")
+	c, err := NewThreatQ(ctx, s, retry.None)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.Store(gate.New(ctx, gate.Config{Service: "ThreatQ", Probe: c.Authenticate, Log: s.Log}))
+	return c, g.Load(), nil
 }
 
 // ServeWorkers consumes jobs with w until ctx ends; then it finishes or

@@ -18,7 +18,6 @@ import (
 
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/internal/gate"
-	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/pipeline"
@@ -208,12 +207,12 @@ func newWorker(ctx context.Context, t triageSetup, b *bus.Bus, m *pipeline.Metri
 // newWriter builds a writer from the ThreatQ settings, with its gate,
 // which starts obtaining a token at once.
 func newWriter(ctx context.Context, t pipeline.ThreatQSettings, cfg writeback.Config) (*writeback.Writer, *gate.Gate, error) {
-	tq, err := pipeline.NewThreatQ(ctx, t, retry.None)
+	tq, g, err := pipeline.NewThreatQReplica(ctx, t)
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg.Gate = pipeline.ThreatQGate(ctx, tq, t.Log)
-	return writeback.New(cfg, tq), cfg.Gate, nil
+	cfg.Gate = g
+	return writeback.New(cfg, tq), g, nil
 }
 
 // credentialsRefused waits for the first token of each gate and returns
