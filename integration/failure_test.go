@@ -274,7 +274,9 @@ func TestPermanentTriageErrorFailsAtOnce(t *testing.T) {
 	e := newEnv(t)
 	e.collection("f3", sampleIndicators("perm", 3))
 	o := e.once(workerConfig())
-	e.triage.FailNext(1000, 403)
+	// (Not a 401 or 403: those are the replica's credentials, which
+	// pause it rather than fail its jobs; see credentials_test.go.)
+	e.triage.FailNext(1000, 400)
 	out := e.run(o, message.ActionCreate, "f3", run.Options{})
 	if out.Tally.Count(message.StatusFailed) != 3 {
 		t.Fatalf("%s; want 3 failed", out.Tally.Line(3))

@@ -81,10 +81,27 @@ func (e *env) triageClient(rateLimit float64) worker.Triage {
 }
 
 // worker is a worker as the command line builds one: with a read-only
-// reader for dry runs beside its own client.
+// reader for dry runs beside its own client, and its gate.
 func (e *env) worker(b *bus.Bus, cfg worker.Config) *worker.Worker {
+	return e.workerWith(pipeline.TriageSettings{}, b, cfg)
+}
+
+// workerWith is a worker as the command line builds one on s (the
+// simulator and its default credentials unless set); its gate probes
+// until the test ends.
+func (e *env) workerWith(s pipeline.TriageSettings, b *bus.Bus, cfg worker.Config) *worker.Worker {
 	e.t.Helper()
-	w, err := pipeline.NewWorker(context.Background(), pipeline.TriageSettings{BaseURL: e.tURL, ClientID: triagesim.DefaultClientID, ClientSecret: triagesim.DefaultClientSecret}, cfg, b)
+	if s.BaseURL == "" {
+		s.BaseURL = e.tURL
+	}
+	if s.ClientID == "" {
+		s.ClientID = triagesim.DefaultClientID
+	}
+	if s.ClientSecret == "" && s.ClientSecretFunc == nil {
+		s.ClientSecret = triagesim.DefaultClientSecret
+	}
+	s.Log = e.log
+	w, err := pipeline.NewWorker(e.t.Context(), s, cfg, b)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -101,15 +118,37 @@ func (e *env) serveWorkers(cfg worker.Config) *bus.Bus {
 }
 
 func (e *env) writer() *writeback.Writer {
+	return e.writerWith(pipeline.ThreatQSettings{}, writerConfig())
+}
+
+// writerConfig retries fast, so that failures play out in a test's time.
+func writerConfig() writeback.Config {
+	return writeback.Config{
+		Retry:           retry.Policy{MaxAttempts: 2, InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond},
+		RedeliveryDelay: 50 * time.Millisecond, MaxRedeliveryDelay: 300 * time.Millisecond,
+	}
+}
+
+// writerWith is a writer with its gate, as the writeback command builds
+// it, on s (the simulator and its default credentials unless set).
+func (e *env) writerWith(s pipeline.ThreatQSettings, cfg writeback.Config) *writeback.Writer {
 	e.t.Helper()
-	tq, err := pipeline.NewThreatQ(context.Background(), pipeline.ThreatQSettings{BaseURL: e.qURL, ClientID: threatqsim.DefaultClientID, ClientSecret: threatqsim.DefaultClientSecret}, retry.None)
+	if s.BaseURL == "" {
+		s.BaseURL = e.qURL
+	}
+	if s.ClientID == "" {
+		s.ClientID = threatqsim.DefaultClientID
+	}
+	if s.ClientSecret == "" && s.SecretFunc == nil {
+		s.ClientSecret = threatqsim.DefaultClientSecret
+	}
+	s.Log = e.log
+	tq, g, err := pipeline.NewThreatQReplica(e.t.Context(), s)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return writeback.New(writeback.Config{
-		Retry:           retry.Policy{MaxAttempts: 2, InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond},
-		RedeliveryDelay: 50 * time.Millisecond, MaxRedeliveryDelay: 300 * time.Millisecond,
-	}, tq)
+	cfg.Gate = g
+	return writeback.New(cfg, tq)
 }
 
 func (e *env) once(cfg worker.Config) pipeline.Once {
