@@ -2,7 +2,9 @@
 // the indicator, admits it against the run's objects-per-run cap, calls
 // Triage (retrying, within one delivery, what may succeed later), and
 // answers with an outcome: a result to store, a failure for the executor to
-// retry or give up, or a failed result with a dead letter.
+// retry or give up, or a failed result with a dead letter. Refused
+// credentials and 429s are the replica's condition: the job is put off
+// without counting and the replica's gate holds its work (gate.go).
 //
 // It sees a parsed job and returns a bus.Outcome; the executor in package
 // bus settles the message. It depends on a narrow Triage interface and a

@@ -9,7 +9,9 @@
 // A ThreatQ outage delays write-back and loses nothing: the executor in
 // package bus redelivers a result with a growing delay until it is written,
 // up to a bound after which it is dead-lettered on tqtriage.dlq.writeback
-// for replay. It runs on its own consumer, so it never holds up the
+// for replay. Refused credentials and 429s are the replica's condition:
+// the result is put off without counting and the replica's gate holds its
+// work (gate.go). It runs on its own consumer, so it never holds up the
 // workers.
 package writeback
 

@@ -11,7 +11,9 @@
 // last page with "data": {}, and gives type, status and indicator ids that
 // differ per instance, so that tests cannot come to depend on them. Knobs
 // (latency, token lifetime, a share of 5xx, an outage, forced failures, the
-// largest page) are set in Options and can be changed at run time; request
+// largest page) are set in Options and can be changed at run time, as can
+// the credentials it accepts, a client's API access (RefuseAPI) and a
+// window of 429s (ThrottleFor); request
 // counters and attribute snapshots let tests check what a client did.
 //
 // It does not import the client package: it is written from the fixtures,
@@ -121,7 +123,7 @@ type Counts struct {
 	TokenRequests    int64
 	TokensIssued     int64
 	Unauthorized     int64 // API calls answered 401 (missing, lowercase, unknown or expired token)
-	InjectedFailures int64 // 5xx/429 answered by ErrorRate, FailNext or SetDown, and 200s with errors (ErrorsInOKNext)
+	InjectedFailures int64 // 5xx/429 answered by ErrorRate, FailNext, SetDown or ThrottleFor, and 200s with errors (ErrorsInOKNext)
 	CollectionPages  int64
 	CollectionNames  int64 // GET /api/search/query/{hash} answered
 	SearchLists      int64 // GET /api/search/query (saved searches listed)

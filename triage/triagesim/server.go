@@ -23,7 +23,9 @@
 //     invented document.
 //
 // Knobs (latency, token lifetime, rate limit, failures) are in Options and
-// can be changed while it serves; Stats counts what it received.
+// can be changed while it serves; so can the credentials it accepts
+// (SetCredentials), and a client's API access can be withdrawn (RefuseAPI)
+// or throttled for a window (ThrottleFor). Stats counts what it received.
 package triagesim
 
 import (
