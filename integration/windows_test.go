@@ -154,7 +154,9 @@ func TestRollingRestartsSpendNoDelivery(t *testing.T) {
 	e.serveWorkers(cfg)
 	tally := waitStatus(t, pub, rec.ID, time.Minute, func(tl *run.Tally) bool { return tl.Done() == n })
 	if tally.Count(message.StatusCreated) != n || e.triage.Len() != n || deadLetters(t, pub, message.LettersCreate) != 0 {
-		t.Fatalf("%s; Triage holds %d", tally.Line(n), e.triage.Len())
+		var b strings.Builder
+		tally.Summary(&b, "rolling", n)
+		t.Fatalf("%s; Triage holds %d", b.String(), e.triage.Len())
 	}
 	everyResultAtItsFirstDelivery(t, pub, rec.ID, n, message.StatusCreated)
 }
