@@ -203,3 +203,25 @@ func BenchmarkWorkerCPU(b *testing.B) {
 		b.Logf("%d jobs in %v: the worker spent %.0f µs of CPU each (target 100)", n, took.Round(time.Millisecond), per)
 	}
 }
+
+// BenchmarkFleetBudget: TRIAGE_RATE_LIMIT is the budget of all the worker
+// replicas together (one API client, one limit). With one and with three
+// replicas under a budget of 200 requests a second, Triage must never see
+// more than 10% above it for more than a second, and the fleet must reach
+// at least 0.9 of it.
+func BenchmarkFleetBudget(b *testing.B) {
+	const n, budget = 3000, 200.0
+	for range b.N {
+		for _, replicas := range []int{1, 3} {
+			s := startSims(b, triagesim.Options{Latency: 5 * time.Millisecond}, n, fmt.Sprint("fleet", replicas))
+			start := time.Now()
+			took, _ := workerFleet(b, s, replicas, n, "WORKER_CONCURRENCY", "32", "TRIAGE_RATE_LIMIT", fmt.Sprint(budget))
+			over, highest := s.perSec.over(start, time.Now(), budget*1.1)
+			rate := float64(n) / took.Seconds()
+			b.ReportMetric(rate/budget, fmt.Sprintf("of-budget/%d", replicas))
+			b.ReportMetric(float64(over), fmt.Sprintf("seconds-over/%d", replicas))
+			b.Logf("%d replica(s) under one budget of %.0f/s: %.0f creates/s (%.2f of it, target 0.9); busiest second %d requests; %d seconds over %.0f (target: at most 1)",
+				replicas, budget, rate, rate/budget, highest, over, budget*1.1)
+		}
+	}
+}

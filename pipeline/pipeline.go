@@ -53,6 +53,10 @@ type TriageSettings struct {
 	// ReadOnly builds a client that can only read (a dry run's): any
 	// request but GET, and the token's POST, is refused before it is sent.
 	ReadOnly bool
+	// Fleet, when set, makes RateLimit the budget of every replica that
+	// joins the fleet set in it (one API client, one limit), shared
+	// equally, and a 429 one of them meets a pause for all.
+	Fleet *throttle.FleetRef
 }
 
 // NewTriage returns a Triage client whose requests are paced by a
@@ -69,7 +73,8 @@ func triageThrottle(s TriageSettings, paused func(time.Duration)) *throttle.Thro
 	if s.MaxPause <= 0 {
 		s.MaxPause = worker.DefaultMaxPause
 	}
-	return throttle.New(s.RateLimit, throttle.MaxPause(s.MaxPause), throttle.OnPause(onPause(s.Log, "Triage", "TRIAGE_MAX_PAUSE", s.MaxPause, paused)))
+	return throttle.New(s.RateLimit, throttle.MaxPause(s.MaxPause), throttle.OnPause(onPause(s.Log, "Triage", "TRIAGE_MAX_PAUSE", s.MaxPause, paused)),
+		throttle.Shared(s.Fleet))
 }
 
 // lateGate is a gate given to a throttle before it exists: the gate's
@@ -217,6 +222,22 @@ func NewThreatQReplica(ctx context.Context, s ThreatQSettings) (*threatq.Client,
 	}
 	g.Store(gate.New(ctx, gate.Config{Service: "ThreatQ", Probe: c.Authenticate, Log: s.Log}))
 	return c, g.Load(), nil
+}
+
+// FleetGroup is the fleet the worker replicas of one Triage API client
+// share its rate limit in.
+const FleetGroup = "triage"
+
+// JoinFleet makes this replica a member of the workers' fleet on b and
+// sets it in ref, so that the Triage throttles built with ref share one
+// limit and its pauses. leave must be called when the replica stops.
+func JoinFleet(ctx context.Context, b *bus.Bus, ref *throttle.FleetRef) (leave func(), err error) {
+	f, err := b.JoinFleet(ctx, FleetGroup)
+	if err != nil {
+		return func() {}, err
+	}
+	ref.Set(f)
+	return f.Leave, nil
 }
 
 // ServeWorkers consumes jobs with w until ctx ends; then it finishes or

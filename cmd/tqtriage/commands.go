@@ -21,6 +21,7 @@ import (
 	"github.com/tqtriage/tqtriage/internal/httpmetrics"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/internal/termsafe"
+	"github.com/tqtriage/tqtriage/internal/throttle"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
 	"github.com/tqtriage/tqtriage/run"
@@ -36,15 +37,23 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return func(ctx context.Context, log zerolog.Logger, hm *httpmetrics.Metrics) (replica, error) {
 			t.settings.Metrics, t.settings.Log = hm, log
 			// Built before NATS is tried (its gate obtains a token at
-			// once); the claims come with the bus.
+			// once); the claims and the fleet come with the bus.
 			var claims lateClaims
+			t.settings.Fleet = &throttle.FleetRef{}
 			w, err := pipeline.NewWorker(ctx, t.settings, t.worker, &claims)
 			if err != nil {
 				return replica{}, err
 			}
 			return replica{gate: w.Gate(), serve: func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
 				claims.Claims = b
-				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("rate_limit", t.settings.RateLimit).Dur("max_pause", t.worker.MaxPause).Msg("worker started")
+				// TRIAGE_RATE_LIMIT is the fleet's: every worker of
+				// this NATS takes its share, and a 429 pauses all.
+				leave, err := pipeline.JoinFleet(ctx, b, t.settings.Fleet)
+				if err != nil {
+					log.Warn().Err(err).Msg("could not join the workers' fleet: this replica takes the whole rate limit and pauses alone")
+				}
+				defer leave()
+				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("fleet_rate_limit", t.settings.RateLimit).Dur("max_pause", t.worker.MaxPause).Msg("worker started")
 				return pipeline.ServeWorkers(ctx, b, w, log, m)
 			}}, nil
 		}

@@ -29,15 +29,18 @@ const DefaultPause = time.Second
 
 // Throttle is safe for concurrent use.
 type Throttle struct {
-	configured rate.Limit // 0: no steady limit
+	configured rate.Limit // 0: no steady limit; with a fleet, the fleet's
 	lim        *rate.Limiter
 	maxPause   time.Duration // 0: no bound
 	onPause    func(asked, pause time.Duration)
+	fleet      *FleetRef
 
 	mu          sync.Mutex
 	pausedUntil time.Time
 	last429     time.Time
-	throttled   int64 // 429s seen
+	throttled   int64   // 429s seen
+	cut         float64 // 1, or less while 429s come: the share of the limit in force
+	members     int     // the fleet's size the limit was last set for
 }
 
 // Option shapes a Throttle.
@@ -57,13 +60,9 @@ func OnPause(f func(asked, pause time.Duration)) Option { return func(t *Throttl
 // New returns a throttle of perSecond requests a second (0: no steady
 // limit; 429s still pause it).
 func New(perSecond float64, opts ...Option) *Throttle {
-	t := &Throttle{configured: rate.Limit(perSecond)}
+	t := &Throttle{configured: rate.Limit(perSecond), cut: 1, members: 1}
 	if perSecond > 0 {
-		burst := int(perSecond / 10)
-		if burst < 1 {
-			burst = 1
-		}
-		t.lim = rate.NewLimiter(t.configured, burst)
+		t.lim = rate.NewLimiter(t.configured, burst(t.configured))
 	}
 	for _, o := range opts {
 		o(t)
@@ -71,13 +70,44 @@ func New(perSecond float64, opts ...Option) *Throttle {
 	return t
 }
 
-// Wait blocks until a request may go: past any pause, then through the
-// rate limit. It returns ctx's error if ctx ends first.
+// burst lets a tenth of a second's requests go at once, at least one.
+func burst(r rate.Limit) int { return max(1, int(r/10)) }
+
+// setLimitLocked sets the steady rate to this replica's share: the
+// configured limit divided among the fleet's members, cut while 429s come.
+func (t *Throttle) setLimitLocked(members int) {
+	t.members = members
+	r := t.configured / rate.Limit(members) * rate.Limit(t.cut)
+	t.lim.SetLimit(r)
+	t.lim.SetBurst(burst(r))
+}
+
+// Wait blocks until a request may go: past any pause (this replica's, or
+// one its fleet asked for), then through the rate limit, this replica's
+// share of it. It returns ctx's error if ctx ends first.
 func (t *Throttle) Wait(ctx context.Context) error {
+	f := t.fleet.get()
 	for {
 		t.mu.Lock()
+		var adopted time.Duration
+		if f != nil {
+			// Another replica's 429 pauses this one too, as if it had
+			// met it (the gate then holds off new work).
+			if fu := f.PausedUntil(); fu.After(t.pausedUntil) && time.Until(fu) > 0 {
+				t.pausedUntil = fu
+				adopted = time.Until(fu)
+			}
+			if t.lim != nil {
+				if m := f.Members(); m != t.members {
+					t.setLimitLocked(m)
+				}
+			}
+		}
 		d := time.Until(t.pausedUntil)
 		t.mu.Unlock()
+		if adopted > 0 && t.onPause != nil {
+			t.onPause(0, adopted)
+		}
 		if d <= 0 {
 			break
 		}
@@ -101,8 +131,9 @@ func (t *Throttle) Observe(resp *http.Response) {
 	now := time.Now()
 	t.mu.Lock()
 	if resp.StatusCode != http.StatusTooManyRequests {
-		if t.lim != nil && t.lim.Limit() < t.configured && now.Sub(t.last429) > time.Second {
-			t.lim.SetLimit(min(t.configured, t.lim.Limit()*1.05+0.1))
+		if t.lim != nil && t.cut < 1 && now.Sub(t.last429) > time.Second {
+			t.cut = min(1, t.cut*1.05+0.01)
+			t.setLimitLocked(t.members)
 		}
 		t.mu.Unlock()
 		return
@@ -122,19 +153,35 @@ func (t *Throttle) Observe(resp *http.Response) {
 		t.pausedUntil = until
 	}
 	if t.lim != nil {
-		t.lim.SetLimit(max(t.configured/100, t.lim.Limit()*0.7))
+		t.cut = max(0.01, t.cut*0.7)
+		t.setLimitLocked(t.members)
 	}
+	until := t.pausedUntil
 	t.mu.Unlock()
+	if f := t.fleet.get(); f != nil && starts {
+		// Every replica of the fleet holds the pause: the limit is the
+		// API client's, whichever replica met it.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = f.Pause(ctx, until)
+		}()
+	}
 	if starts && t.onPause != nil {
 		t.onPause(asked, pause)
 	}
 }
 
-// PausedFor is how long the pause that runs has left (0: none).
+// PausedFor is how long the pause that runs has left, this replica's or
+// its fleet's (0: none).
 func (t *Throttle) PausedFor() time.Duration {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	return max(0, time.Until(t.pausedUntil))
+	until := t.pausedUntil
+	t.mu.Unlock()
+	if f := t.fleet.get(); f != nil && f.PausedUntil().After(until) {
+		until = f.PausedUntil()
+	}
+	return max(0, time.Until(until))
 }
 
 // Throttled is the number of 429 answers seen.

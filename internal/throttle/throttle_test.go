@@ -3,6 +3,7 @@ package throttle
 import (
 	"context"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 )
@@ -80,5 +81,82 @@ func TestMaxPauseClampsALongRetryAfterAndSaysSoOnce(t *testing.T) {
 	th.Observe(tooMany(""))
 	if len(told) != 2 || told[1] != (pause{0, 300 * time.Millisecond}) {
 		t.Fatalf("told %v; want a second pause, of the default within the bound, for a 429 without Retry-After", told)
+	}
+}
+
+type fakeFleet struct {
+	mu      sync.Mutex
+	members int
+	paused  time.Time
+	asked   []time.Time
+}
+
+func (f *fakeFleet) Members() int { f.mu.Lock(); defer f.mu.Unlock(); return f.members }
+func (f *fakeFleet) PausedUntil() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.paused
+}
+func (f *fakeFleet) Pause(_ context.Context, until time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked = append(f.asked, until)
+	return nil
+}
+
+// TestAFleetSharesOneLimitAndItsPauses: with a fleet of two, each takes
+// half the limit; a pause another member asks for holds here too; a 429
+// met here is asked of all.
+func TestAFleetSharesOneLimitAndItsPauses(t *testing.T) {
+	f := &fakeFleet{members: 2}
+	var ref FleetRef
+	var pauses []time.Duration
+	var mu sync.Mutex
+	th := New(100, Shared(&ref), OnPause(func(_, d time.Duration) { mu.Lock(); pauses = append(pauses, d); mu.Unlock() }))
+	ref.Set(f)
+	if err := th.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := th.Limit(); got != 50 {
+		t.Fatalf("a member of two takes %v of 100 a second; want 50", got)
+	}
+	f.mu.Lock()
+	f.members = 4
+	f.mu.Unlock()
+	_ = th.Wait(context.Background())
+	if got := th.Limit(); got != 25 {
+		t.Fatalf("a member of four takes %v; want 25", got)
+	}
+
+	f.mu.Lock()
+	f.paused = time.Now().Add(300 * time.Millisecond)
+	f.mu.Unlock()
+	start := time.Now()
+	if err := th.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("waited %v through another member's pause of 300ms", waited)
+	}
+	mu.Lock()
+	n := len(pauses)
+	mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d pauses told; want the fleet's one", n)
+	}
+
+	th.Observe(&http.Response{StatusCode: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"2"}}})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f.mu.Lock()
+		asked := len(f.asked)
+		f.mu.Unlock()
+		if asked == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a 429 met here was not asked of the fleet")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
