@@ -49,6 +49,7 @@ func everyResultAtItsFirstDelivery(t *testing.T, b *bus.Bus, runID string, n int
 // the healthy one does them all.
 func TestAWorkerWhoseCredentialsAreRefusedTakesNoJobAndAHealthyOneDoesThemAll(t *testing.T) {
 	e := newEnv(t)
+	e.ackWait = firstDeliveryAckWait
 	const n = 30
 	bad := e.bus()
 	w := e.workerWith(pipeline.TriageSettings{ClientSecret: "not-the-secret"}, bad, workerConfig())
@@ -96,6 +97,7 @@ func TestCredentialsRefusedMidRunPauseTheReplicaAndFailNothing(t *testing.T) {
 	for _, status := range []int{401, 403} {
 		t.Run(map[int]string{401: "401", 403: "403"}[status], func(t *testing.T) {
 			e := newEnv(t)
+			e.ackWait = firstDeliveryAckWait
 			e.triage.SetLatency(20*time.Millisecond, 0)
 			const n = 80
 			cfg := withConcurrency(workerConfig(), 8)

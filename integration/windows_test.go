@@ -30,6 +30,7 @@ import (
 // answered at its first counted delivery.
 func TestALongRateLimitWindowFailsNoJobAndSpendsNoDelivery(t *testing.T) {
 	e := newEnv(t)
+	e.ackWait = firstDeliveryAckWait
 	const n = 200
 	e.collection("window", sampleIndicators("window", n))
 	b := e.bus()
@@ -66,6 +67,7 @@ func (l *syncLog) String() string              { l.mu.Lock(); defer l.mu.Unlock(
 // so in its log, and the run ends long before the hour with nothing failed.
 func TestARetryAfterBeyondTheMaximumPausesOnlyTheMaximum(t *testing.T) {
 	e := newEnv(t)
+	e.ackWait = firstDeliveryAckWait
 	const n = 20
 	e.collection("hour", sampleIndicators("hour", n))
 	var logs syncLog
@@ -130,6 +132,7 @@ func TestAThreatQRateLimitDeadLettersNothing(t *testing.T) {
 // leave no job failed ("delivered 2 times without an answer").
 func TestRollingRestartsSpendNoDelivery(t *testing.T) {
 	e := newEnv(t)
+	e.ackWait = firstDeliveryAckWait
 	e.triage.SetLatency(30*time.Millisecond, 0)
 	const n = 200
 	cfg := withConcurrency(workerConfig(), 8)

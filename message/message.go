@@ -161,6 +161,10 @@ type Job struct {
 	// Threat Source), with their row ids: an update finds its Triage
 	// indicator by that ID. Optional: a job without them is looked up.
 	ThreatQAttributes []Attribute `json:"threatq_attributes,omitempty"`
+	// ThreatQKnown says the publisher read the indicator's attributes:
+	// ThreatQAttributes is all it held of those names (none when empty).
+	// Write-back then changes those rows without listing them first.
+	ThreatQKnown bool `json:"threatq_known,omitempty"`
 	// DryRun asks what the job would do, without any write to Triage or
 	// ThreatQ. A dry-run job is published on DryRunJobSubject, which
 	// ParseJob takes as dry whatever this field says.
@@ -222,6 +226,10 @@ type Result struct {
 	// DryRun: the answer of a dry-run job, what would happen. It carries
 	// no attributes, and write-back writes nothing for it.
 	DryRun bool `json:"dry_run,omitempty"`
+	// ThreatQAttributes and ThreatQKnown are the job's: what ThreatQ held
+	// of the attributes write-back sets, when the publisher read them.
+	ThreatQAttributes []Attribute `json:"threatq_attributes,omitempty"`
+	ThreatQKnown      bool        `json:"threatq_known,omitempty"`
 }
 
 // AnsweredAtFormat is the layout of Result.AnsweredAt.

@@ -45,8 +45,10 @@ type Options struct {
 type Item struct {
 	Indicator message.Indicator
 	// Attributes are what ThreatQ holds already of the attributes
-	// tqtriage writes (the job's threatq_attributes).
+	// tqtriage writes (the job's threatq_attributes); Known says the source
+	// read them (then none is an answer, not a silence).
 	Attributes []message.Attribute
+	Known      bool
 	Err        error
 	Skip       bool // Err concerns this item only; go on
 }
@@ -166,8 +168,8 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 			Indicator:   it.Indicator,
 			ThreatLevel: o.ThreatLevel, ThreatSource: o.ThreatSource, Upsert: o.Upsert,
 			ReplyTo:           message.ResultSubject(runID),
-			ThreatQAttributes: it.Attributes,
-			DryRun:            o.DryRun,
+			ThreatQAttributes: it.Attributes, ThreatQKnown: it.Known,
+			DryRun: o.DryRun,
 		}
 		data, err := message.Encode(job)
 		if err != nil {

@@ -36,12 +36,17 @@ func FromCollection(ctx context.Context, c Collection, hash string, pageSize int
 // itemOf is the item of a ThreatQ indicator, with the attributes it holds
 // of those tqtriage writes (its Triage ID among them), bounded.
 func itemOf(ind threatq.Indicator) Item {
-	it := Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}}
+	it := Item{Indicator: message.Indicator{ID: ind.ID, Type: ind.Type, Value: ind.Value}, Known: ind.Attributes != nil}
 	for _, a := range ind.Attributes {
 		if len(it.Attributes) == message.MaxAttributes {
+			it.Known = false // not all of them: write-back must list
 			break
 		}
-		if mapping.Written(a.Name) && len(a.Value) <= message.MaxAttrBytes {
+		if mapping.Written(a.Name) && len(a.Value) > message.MaxAttrBytes {
+			it.Known = false
+			continue
+		}
+		if mapping.Written(a.Name) {
 			it.Attributes = append(it.Attributes, message.Attribute{ID: a.ID, Name: a.Name, Value: a.Value})
 		}
 	}

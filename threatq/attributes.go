@@ -77,9 +77,42 @@ func attributesPath(indicatorID int64) string {
 // may a POST retried after its answer was lost; the next call removes the
 // extra row.
 func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []Attribute) error {
-	if len(attrs) == 0 {
-		return nil
+	if err := checkAttributes(indicatorID, attrs); err != nil || len(attrs) == 0 {
+		return err
 	}
+	rows, err := c.attributeRows(ctx, indicatorID)
+	if err != nil {
+		return err
+	}
+	return c.setAttributes(ctx, indicatorID, attrs, rows)
+}
+
+// SetAttributesKnown is SetAttributes with the indicator's rows as the
+// caller read them (with the collection: AttributeRow), instead of a list
+// request first: a create's attributes cost a POST each, an update's a PUT
+// each, and values that did not change nothing. rows must hold every row
+// of the names in attrs that the indicator had when read (none: an empty
+// slice). A row that has gone since (a PUT or DELETE answered 404) makes
+// it list the rows and try once more.
+func (c *Client) SetAttributesKnown(ctx context.Context, indicatorID int64, attrs []Attribute, rows []AttributeRow) error {
+	if err := checkAttributes(indicatorID, attrs); err != nil || len(attrs) == 0 {
+		return err
+	}
+	known := make([]wire.AttributeRow, len(rows))
+	for i, r := range rows {
+		known[i] = wire.AttributeRow{ID: r.ID, Name: r.Name, Value: r.Value}
+	}
+	err := c.setAttributes(ctx, indicatorID, attrs, known)
+	if !errors.Is(err, errRowGone) {
+		return err
+	}
+	return c.SetAttributes(ctx, indicatorID, attrs)
+}
+
+// errRowGone marks a change of a known row that answered 404.
+var errRowGone = errors.New("an attribute row read earlier is gone")
+
+func checkAttributes(indicatorID int64, attrs []Attribute) error {
 	seen := make(map[string]bool, len(attrs))
 	for _, a := range attrs {
 		if a.Name == "" {
@@ -90,14 +123,18 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 		}
 		seen[a.Name] = true
 	}
-	rows, err := c.attributeRows(ctx, indicatorID)
-	if err != nil {
-		return err
-	}
+	return nil
+}
+
+// setAttributes brings the rows of each name in attrs to its one value.
+func (c *Client) setAttributes(ctx context.Context, indicatorID int64, attrs []Attribute, rows []wire.AttributeRow) error {
 	byName := make(map[string][]wire.AttributeRow, len(attrs))
+	for _, a := range attrs {
+		byName[a.Name] = nil
+	}
 	for _, r := range rows {
-		if seen[r.Name] {
-			byName[r.Name] = append(byName[r.Name], r)
+		if rs, ok := byName[r.Name]; ok {
+			byName[r.Name] = append(rs, r)
 		}
 	}
 	for _, rs := range byName {
@@ -109,7 +146,7 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 			errs = append(errs, err)
 			// A ThreatQ that is down fails every other write too; stop
 			// rather than pile up the same error.
-			if ctx.Err() != nil || errors.Is(err, ErrUnavailable) {
+			if ctx.Err() != nil || errors.Is(err, ErrUnavailable) || errors.Is(err, errRowGone) {
 				break
 			}
 		}
@@ -144,6 +181,9 @@ func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, row
 	if rows[keep].Value != a.Value {
 		rowPath := path + "/" + strconv.FormatInt(rows[keep].ID, 10)
 		if err := c.do(ctx, call{method: http.MethodPut, path: rowPath, body: valueBody{Value: a.Value}}, nil); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				err = fmt.Errorf("%w: %w", errRowGone, err)
+			}
 			return fmt.Errorf("change %q (row %d): %w", a.Name, rows[keep].ID, err)
 		}
 	}

@@ -922,3 +922,62 @@ func TestRedirectOnAWriteIsAnErrorNotASuccess(t *testing.T) {
 		t.Fatalf("%d POSTs, %d GETs of the redirect target; want 1 and 0", posts.Load(), gets.Load())
 	}
 }
+
+// TestSetAttributesKnownSkipsTheListing: with the rows read along with the
+// collection, a create's attributes cost a POST each, an update's a PUT
+// each, an unchanged value nothing; a row gone since is listed and the
+// write done all the same.
+func TestSetAttributesKnownSkipsTheListing(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{})
+	c := newClient(t, url, nil)
+	ctx := t.Context()
+	rowsOf := func(id int64) []threatq.AttributeRow {
+		var out []threatq.AttributeRow
+		for _, a := range sim.Attributes(id) {
+			out = append(out, threatq.AttributeRow{ID: a.ID, Name: a.Name, Value: a.Value})
+		}
+		return out
+	}
+	created := []threatq.Attribute{{Name: "ID", Value: "325"}, {Name: "Threat Level", Value: "Malicious"}, {Name: "Threat Source", Value: "ThreatQ"}}
+
+	id := oneIndicator(t, sim)
+	sim.ResetCounts()
+	if err := c.SetAttributesKnown(ctx, id, created, []threatq.AttributeRow{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sim.Counts(); n.AttributeLists != 0 || n.AttributeAdds != 3 || n.Requests-n.TokenRequests != 3 {
+		t.Fatalf("create: %+v; want three POSTs and no list", n)
+	}
+	sim.ResetCounts()
+	updated := []threatq.Attribute{{Name: "Threat Level", Value: "Benign"}, {Name: "Threat Source", Value: "SOC feed"}}
+	if err := c.SetAttributesKnown(ctx, id, updated, rowsOf(id)); err != nil {
+		t.Fatal(err)
+	}
+	if n := sim.Counts(); n.AttributeLists != 0 || n.AttributeChanges != 2 || n.Requests-n.TokenRequests != 2 {
+		t.Fatalf("update: %+v; want two PUTs and no list", n)
+	}
+	sim.ResetCounts()
+	if err := c.SetAttributesKnown(ctx, id, updated, rowsOf(id)); err != nil {
+		t.Fatal(err)
+	}
+	if n := sim.Counts(); n.Requests-n.TokenRequests != 0 {
+		t.Fatalf("unchanged: %+v; want no request", n)
+	}
+
+	// A row read earlier is gone: the write lists and goes through.
+	stale := rowsOf(id)
+	for i := range stale {
+		stale[i].ID += 1000
+	}
+	sim.ResetCounts()
+	if err := c.SetAttributesKnown(ctx, id, []threatq.Attribute{{Name: "Threat Level", Value: "Suspicious"}}, stale); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	for _, a := range sim.Attributes(id) {
+		got[a.Name] = append(got[a.Name], a.Value)
+	}
+	if len(got["Threat Level"]) != 1 || got["Threat Level"][0] != "Suspicious" || sim.Counts().AttributeLists != 1 {
+		t.Fatalf("after a stale row: %v, counts %+v", got, sim.Counts())
+	}
+}

@@ -14,7 +14,8 @@ import "github.com/tqtriage/tqtriage/threatq/internal/wire"
 //
 // Attributes are the attribute rows the indicator object embeds, when it
 // does (a collection page does): what ThreatQ holds already, so that a
-// later step need not ask again.
+// later step need not ask again. nil: the object had no attributes list;
+// empty: it said the indicator has none.
 type Indicator struct {
 	ID         int64          `json:"id"`
 	Type       string         `json:"type"`

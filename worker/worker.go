@@ -249,6 +249,11 @@ func (w *Worker) answer(ctx context.Context, job message.Job, a bus.Attempt, sta
 		case message.StatusUpdated:
 			r.Attributes = attributes(mapping.UpdateAttributes(found.ThreatLevel, found.ThreatSource))
 		}
+		if len(r.Attributes) > 0 {
+			// What ThreatQ holds of them, so that write-back changes the
+			// rows without listing them.
+			r.ThreatQAttributes, r.ThreatQKnown = job.ThreatQAttributes, job.ThreatQKnown
+		}
 	}
 	pub, err := resultPublication(job, a, r)
 	if err != nil {

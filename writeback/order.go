@@ -79,14 +79,17 @@ func answeredAt(r message.Result, a bus.Attempt) time.Time {
 // kept names the attributes left as a later result set them (for the
 // receipt). A non-nil stop is the delivery's outcome instead: stale when
 // every attribute was written by a later result, or the failure to decide.
-func (w *Writer) inOrder(ctx context.Context, r message.Result, a bus.Attempt, attrs []threatq.Attribute) (write []threatq.Attribute, kept string, release func(), stop *bus.Outcome) {
+//
+// written names the attributes that results of this indicator wrote
+// before (nil when write-back keeps no order).
+func (w *Writer) inOrder(ctx context.Context, r message.Result, a bus.Attempt, attrs []threatq.Attribute) (write []threatq.Attribute, kept string, written []string, release func(), stop *bus.Outcome) {
 	ord := w.ord.Load()
 	if ord == nil {
-		return attrs, "", func() {}, nil
+		return attrs, "", nil, func() {}, nil
 	}
-	fail := func(err error) ([]threatq.Attribute, string, func(), *bus.Outcome) {
+	fail := func(err error) ([]threatq.Attribute, string, []string, func(), *bus.Outcome) {
 		out := bus.Err(err)
-		return nil, "", nil, &out
+		return nil, "", nil, nil, &out
 	}
 	id := r.Indicator.ID
 	unlock, err := ord.locks.lock(ctx, id)
@@ -124,19 +127,20 @@ func (w *Writer) inOrder(ctx context.Context, r message.Result, a bus.Attempt, a
 			unlock()
 			out := bus.Done(string(message.ReceiptStale), receipt(r, a, message.ReceiptStale,
 				fmt.Sprintf("answered %s; a result answered later was already written to %s", at.UTC().Format(message.AnsweredAtFormat), strings.Join(newer, ", "))))
-			return nil, "", nil, &out
+			return nil, "", nil, nil, &out
 		}
+		written = slices.Collect(maps.Keys(cur))
 		kept = ""
 		if len(newer) > 0 {
 			kept = fmt.Sprintf("left %s as a result answered later wrote them", strings.Join(newer, ", "))
 		}
 		if !changed {
-			return keep, kept, unlock, nil
+			return keep, kept, written, unlock, nil
 		}
 		prune(next, maxAppliedNames)
 		err = ord.o.SetApplied(ctx, id, next, rev)
 		if err == nil {
-			return keep, kept, unlock, nil
+			return keep, kept, written, unlock, nil
 		}
 		if !errors.Is(err, bus.ErrAppliedChanged) {
 			unlock()

@@ -296,3 +296,7 @@ func (b *blockingThreatQ) SetAttributes(_ context.Context, id int64, _ []threatq
 	b.enter(id)
 	return nil
 }
+
+func (b *blockingThreatQ) SetAttributesKnown(ctx context.Context, id int64, attrs []threatq.Attribute, _ []threatq.AttributeRow) error {
+	return b.SetAttributes(ctx, id, attrs)
+}

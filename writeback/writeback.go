@@ -32,6 +32,9 @@ import (
 // ThreatQ is what write-back needs of the ThreatQ client.
 type ThreatQ interface {
 	SetAttributes(ctx context.Context, indicatorID int64, attrs []threatq.Attribute) error
+	// SetAttributesKnown is SetAttributes with the rows as a run read
+	// them, instead of listing them first.
+	SetAttributesKnown(ctx context.Context, indicatorID int64, attrs []threatq.Attribute, rows []threatq.AttributeRow) error
 }
 
 // DefaultConcurrency is the number of results written at once.
@@ -146,12 +149,16 @@ func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bu
 		attrs[i] = threatq.Attribute{Name: at.Name, Value: at.Value}
 	}
 	// Older than what a later result wrote: leave it (order.go).
-	attrs, kept, release, stop := w.inOrder(ctx, r, a, attrs)
+	attrs, kept, written, release, stop := w.inOrder(ctx, r, a, attrs)
 	if stop != nil {
 		return *stop
 	}
 	defer release()
+	rows, known := knownRows(r, written)
 	_, err := retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
+		if known {
+			return w.tq.SetAttributesKnown(ctx, r.Indicator.ID, attrs, rows)
+		}
 		return w.tq.SetAttributes(ctx, r.Indicator.ID, attrs)
 	}, func(err error, attempt int, wait time.Duration) {
 		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg("ThreatQ write failed; trying again")
@@ -161,6 +168,32 @@ func (w *Writer) Handle(ctx context.Context, r message.Result, a bus.Attempt) bu
 	}
 	zerolog.Ctx(ctx).Debug().Int("attributes", len(attrs)).Msg("attributes written")
 	return bus.Done("written", receipt(r, a, message.ReceiptWritten, kept))
+}
+
+// knownRows are the rows ThreatQ held of the attributes to write, as the
+// run read them, when they can be believed: read at all, and showing every
+// attribute an earlier result of this indicator wrote (one written after
+// the read, by a run that overlapped, would be missing: then the rows are
+// listed again rather than a second row added).
+func knownRows(r message.Result, written []string) ([]threatq.AttributeRow, bool) {
+	if !r.ThreatQKnown {
+		return nil, false
+	}
+	rows := make([]threatq.AttributeRow, 0, len(r.ThreatQAttributes))
+	have := make(map[string]bool, len(r.ThreatQAttributes))
+	for _, a := range r.ThreatQAttributes {
+		if a.ID <= 0 {
+			return nil, false
+		}
+		rows = append(rows, threatq.AttributeRow{ID: a.ID, Name: a.Name, Value: a.Value})
+		have[a.Name] = true
+	}
+	for _, name := range written {
+		if !have[name] {
+			return nil, false
+		}
+	}
+	return rows, true
 }
 
 // GiveUp dead-letters a result that could not be written, for replay.

@@ -25,6 +25,7 @@ import (
 // fakeThreatQ answers SetAttributes with set (nil: success) and records
 // the calls.
 type fakeThreatQ struct {
+	known [][]threatq.AttributeRow // the rows of each SetAttributesKnown
 	mu    sync.Mutex
 	calls []setCall
 	set   func(n int) error
@@ -44,6 +45,15 @@ func (f *fakeThreatQ) SetAttributes(_ context.Context, id int64, attrs []threatq
 		return f.set(n)
 	}
 	return nil
+}
+
+// SetAttributesKnown records the rows it was given, and writes as
+// SetAttributes does.
+func (f *fakeThreatQ) SetAttributesKnown(ctx context.Context, id int64, attrs []threatq.Attribute, rows []threatq.AttributeRow) error {
+	f.mu.Lock()
+	f.known = append(f.known, rows)
+	f.mu.Unlock()
+	return f.SetAttributes(ctx, id, attrs)
 }
 
 func (f *fakeThreatQ) count() int {
@@ -244,5 +254,35 @@ func TestDryRunResultsAreSettledWithoutAWrite(t *testing.T) {
 	}
 	if out := only.Handle(context.Background(), r, attempt); out.Label() != "dry_run" {
 		t.Fatalf("a dry-run result to a dry-run writer: %s", out.Label())
+	}
+}
+
+// TestKnownRowsSpareTheListingUnlessAnEarlierWriteIsMissing: the rows the
+// run read go to ThreatQ with the write, unless a result of the indicator
+// wrote an attribute since that the read does not show.
+func TestKnownRowsSpareTheListingUnlessAnEarlierWriteIsMissing(t *testing.T) {
+	res := message.Result{V: 1, RunID: "r", Action: message.ActionUpdate, Indicator: message.Indicator{ID: 9}, Status: message.StatusUpdated,
+		Attributes:        []message.Attribute{{Name: "Threat Level", Value: "Benign"}},
+		ThreatQAttributes: []message.Attribute{{ID: 41, Name: "Threat Level", Value: "Malicious"}}, ThreatQKnown: true}
+	rows, ok := writeback.KnownRowsFor(res, nil)
+	if !ok || len(rows) != 1 || rows[0].ID != 41 {
+		t.Fatalf("rows %v, %v; want the one read", rows, ok)
+	}
+	if _, ok := writeback.KnownRowsFor(res, []string{"Threat Level"}); !ok {
+		t.Fatal("an earlier write the read shows was not believed")
+	}
+	if _, ok := writeback.KnownRowsFor(res, []string{"ID"}); ok {
+		t.Fatal("an earlier write of ID the read does not show was ignored")
+	}
+	res.ThreatQKnown = false
+	if _, ok := writeback.KnownRowsFor(res, nil); ok {
+		t.Fatal("rows were used from a job that did not read them")
+	}
+	tq := &fakeThreatQ{}
+	w := writeback.New(writeback.Config{Retry: retry.None}, tq)
+	res.ThreatQKnown = true
+	out := w.Handle(context.Background(), res, bus.Attempt{N: 1, Max: 5, Seq: 3})
+	if out.Kind() != bus.KindDone || len(tq.known) != 1 || len(tq.known[0]) != 1 {
+		t.Fatalf("outcome %s, known writes %v; want one write with the rows read", out.Kind(), tq.known)
 	}
 }

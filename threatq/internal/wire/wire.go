@@ -63,7 +63,8 @@ type attributeFields struct {
 
 func (w indicatorFields) indicator() Indicator {
 	in := Indicator{ID: int64(w.ID), Type: string(w.Type), Value: string(w.Value)}
-	if len(w.Attributes) > 0 {
+	// Present and empty stays empty, not nil: the object said it has none.
+	if w.Attributes != nil {
 		in.Attributes = make([]IndicatorAttribute, len(w.Attributes))
 		for i, a := range w.Attributes {
 			in.Attributes[i] = IndicatorAttribute{ID: int64(a.ID), Name: string(a.Name), Value: string(a.Value)}

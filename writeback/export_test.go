@@ -1,0 +1,4 @@
+package writeback
+
+// KnownRowsFor is knownRows, for the tests of package writeback_test.
+var KnownRowsFor = knownRows
