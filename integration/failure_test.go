@@ -115,6 +115,12 @@ func crashAfterResult(t *testing.T, e *env, w *worker.Worker) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A replica takes work once it holds a token.
+	if g := w.Gate(); g != nil {
+		if err := g.Started(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out := w.Handle(ctx, job, bus.Attempt{N: 1, Max: 5, Subject: m.Subject(), Seq: md.Sequence.Stream})
 	if out.Kind() != bus.KindDone || len(out.Publications()) != 1 {
 		t.Fatalf("first replica's outcome: %v", out.Kind())

@@ -25,9 +25,10 @@ import (
 // after 2 deliveries", three at their first attempt with "context deadline
 // exceeded (Client.Timeout exceeded while awaiting headers)" (the pause ran
 // inside the request's timeout), two of which Triage had created. Scaled
-// to a test's time: Retry-After 3 s for 7 s, a request timeout of 2 s,
-// Retry-After waited in place up to 2 s. Now no job fails and each is
-// answered at its first counted delivery.
+// to a test's time: Retry-After 5 s for 9 s, a request timeout of 4 s
+// (long enough that a machine loaded by the rest of the suite does not time
+// a request out on its own), Retry-After waited in place up to 4 s. Now no
+// job fails and each is answered at its first counted delivery.
 func TestALongRateLimitWindowFailsNoJobAndSpendsNoDelivery(t *testing.T) {
 	e := newEnv(t)
 	e.ackWait = firstDeliveryAckWait
@@ -36,10 +37,10 @@ func TestALongRateLimitWindowFailsNoJobAndSpendsNoDelivery(t *testing.T) {
 	b := e.bus()
 	cfg := withConcurrency(workerConfig(), 16)
 	cfg.MaxDeliver = 2
-	cfg.Retry.MaxRetryAfter = 2 * time.Second
-	w := e.workerWith(pipeline.TriageSettings{Timeout: 2 * time.Second}, b, cfg)
+	cfg.Retry.MaxRetryAfter = 4 * time.Second
+	w := e.workerWith(pipeline.TriageSettings{Timeout: 4 * time.Second}, b, cfg)
 	o := pipeline.Once{Bus: b, Worker: w, Writer: e.writer(), Log: e.log}
-	e.triage.ThrottleFor(7*time.Second, 3*time.Second)
+	e.triage.ThrottleFor(9*time.Second, 5*time.Second)
 	start := time.Now()
 	out := e.run(o, message.ActionCreate, "window", run.Options{ID: "window-run"})
 	st := e.triage.Stats()
@@ -47,7 +48,7 @@ func TestALongRateLimitWindowFailsNoJobAndSpendsNoDelivery(t *testing.T) {
 	if out.Failed() || out.Tally.Count(message.StatusCreated) != n || e.triage.Len() != n {
 		t.Fatalf("%s; Triage holds %d", out.Tally.Line(n), e.triage.Len())
 	}
-	if st.RateLimited == 0 || time.Since(start) < 7*time.Second {
+	if st.RateLimited == 0 || time.Since(start) < 9*time.Second {
 		t.Fatal("the run did not meet the window; the test proved nothing")
 	}
 	everyResultAtItsFirstDelivery(t, b, "window-run", n, message.StatusCreated)
