@@ -90,6 +90,9 @@ func (s *sims) env(kv ...string) []string {
 		"THREATQ_BASE_URL=" + s.qURL, "THREATQ_CLIENT_ID=" + threatqsim.DefaultClientID, "THREATQ_CLIENT_SECRET=" + threatqsim.DefaultClientSecret,
 		"LOG_LEVEL=warn", "TRIAGE_OBJECTS_PER_RUN=10000000", "THREATQ_PAGE_SIZE=500",
 	}
+	if g := os.Getenv("BENCH_GOGC"); g != "" {
+		env = append(env, "GOGC="+g) // try the collector's setting on the measured process
+	}
 	if p := os.Getenv("TQTRIAGE_PPROF"); p != "" {
 		env = append(env, "TQTRIAGE_PPROF="+p) // profile the measured process
 	}
