@@ -300,6 +300,10 @@ func (o Once) Run(ctx context.Context, po run.Options, items iter.Seq[run.Item],
 	var answered atomic.Int64
 	po.Ahead, po.Answered = runAhead, answered.Load
 	fo.WrittenBack, fo.Answered, fo.AwaitRecord = true, &answered, time.Minute
+	if po.Latency == nil {
+		po.Latency = run.NewLatency()
+	}
+	fo.Latency = po.Latency
 	fctx, stopFollow := context.WithCancel(ctx)
 	defer stopFollow()
 	type followed struct {

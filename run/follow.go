@@ -29,6 +29,9 @@ type FollowOptions struct {
 	// Answered, when set, is kept at the number of jobs with a result, for
 	// a Publish beside it to keep only so far ahead (Options.Ahead).
 	Answered *atomic.Int64
+	// Latency, the one Publish was given, is told of each result read:
+	// the report then says how long jobs took (Report.JobLatency).
+	Latency *Latency
 }
 
 // add counts one stored message of the run.
@@ -81,6 +84,7 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 		tally Tally
 	)
 	tally.know(rec)
+	tally.latency = o.Latency
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	readErr := make(chan error, 1)

@@ -38,6 +38,9 @@ type Options struct {
 	// publisher of its own).
 	Ahead    int
 	Answered func() int64
+	// Latency, when set, samples when jobs are sent (a Follow beside or
+	// after it, given the same one, notes when they are answered).
+	Latency *Latency
 }
 
 // Item is one indicator from a source, or an error about one (Skip) or
@@ -189,6 +192,7 @@ func send(ctx context.Context, b Bus, o Options, runID string, seq int64, items 
 			f = doneFuture{ack}
 		}
 		acks.add(p, f)
+		o.Latency.Sent(res.seq, time.Now())
 	}
 	return res
 }

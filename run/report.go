@@ -42,6 +42,11 @@ type Report struct {
 	// (--report only; for publish --wait, only the collection's reading:
 	// the workers' requests are in their /metrics).
 	Requests map[string]map[string]int64 `json:"requests,omitempty"`
+	// JobLatency is how long jobs took from being sent to being answered,
+	// sampled (one job in 16, of the first 262144) by a command that
+	// published the run and followed it (`run`, `publish --wait`); by the
+	// workers' clocks for the answer.
+	JobLatency *LatencyReport `json:"job_latency,omitempty"`
 	// Errors are the first problems (failed, invalid, skipped, not_found
 	// results), grouped by status and reason in the order they came.
 	Errors []ReasonGroup `json:"errors"`
@@ -147,6 +152,7 @@ func NewReport(rec Record, t *Tally) Report {
 		OtherErrors:  t.reasons.other,
 		PublishError: rec.Error,
 		Failed:       t.Failed(rec),
+		JobLatency:   t.latency.Report(),
 	}
 	kinds := message.Statuses
 	if rec.DryRun {

@@ -29,6 +29,7 @@ type Tally struct {
 	wbErrors []message.Receipt // a few dead-lettered write-backs
 	dryRun   bool              // the run is a dry run (its record says so)
 	reasons  reasons           // the first problems, grouped by reason (report.go)
+	latency  *Latency          // told of each result, when the run's publishing was sampled
 }
 
 // statuses are every status in the order a summary prints them: an
@@ -180,6 +181,7 @@ func (t *Tally) Add(r message.Result) {
 	// settled.
 	t.set(r.Seq, r.Indicator.ID, idx|awaitBit|prev&(wbFailBit|staleBit))
 	t.reasons.add(r)
+	t.latency.Answered(r)
 	switch r.Status {
 	case message.StatusFailed, message.StatusInvalid, message.StatusSkipped, message.StatusNotFound, message.StatusWouldUpdate:
 		if t.examples == nil {

@@ -246,6 +246,9 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer b.Close()
+	if s.boolean("wait") {
+		p.opts.Latency = run.NewLatency()
+	}
 	rec, err := run.Publish(ctx, b, p.opts, items, log)
 	if rec.ID != "" {
 		fmt.Fprintln(stdout, rec.ID)
@@ -253,7 +256,9 @@ func cmdPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil || !s.boolean("wait") {
 		return err
 	}
-	tally, rec, err := run.Follow(ctx, b, rec.ID, followOptions(stderr))
+	fo := followOptions(stderr)
+	fo.Latency = p.opts.Latency
+	tally, rec, err := run.Follow(ctx, b, rec.ID, fo)
 	failed := tally != nil && tally.Count(message.StatusFailed) > 0
 	if rerr := writeReport(p.report, rec, tally, failed, m); rerr != nil {
 		return errors.Join(err, rerr)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/tqtriage/tqtriage/mapping"
+	"github.com/tqtriage/tqtriage/run"
 )
 
 // report is what a --report file or status --json says, as a script reads it.
@@ -38,7 +39,8 @@ type report struct {
 		Count          int
 		Indicators     []struct{ ID int64 }
 	} `json:"errors"`
-	Failed bool `json:"failed"`
+	Failed     bool               `json:"failed"`
+	JobLatency *run.LatencyReport `json:"job_latency"`
 }
 
 func readReport(t *testing.T, data []byte) report {
@@ -118,8 +120,13 @@ func TestRunDryRunWritesNothingAndForetellsTheRun(t *testing.T) {
 	r = tq(t, env, "", "run", "--action", "create", "--collection", s.collection, "--report", rep)
 	mustCode(t, r, 0)
 	wantCounts(t, r, map[string]int{"created": want["would_create"], "exists": sampleExists, "invalid": sampleInvalid})
-	if rp := readReportFile(t, rep); rp.DryRun || rp.Requests["triage"]["create_indicator"] < want["would_create"] || rp.Requests["threatq"]["add_attribute"] == 0 {
+	rp = readReportFile(t, rep)
+	if rp.DryRun || rp.Requests["triage"]["create_indicator"] < want["would_create"] || rp.Requests["threatq"]["add_attribute"] == 0 {
 		t.Errorf("report of the real run: %+v", rp)
+	}
+	// One job in 16 is timed from sent to answered.
+	if lat := rp.JobLatency; rp.Jobs < 16 || lat == nil || lat.Samples != int(rp.Jobs/16) || lat.P50Seconds <= 0 || lat.P99Seconds < lat.P50Seconds || lat.MaxSeconds > rp.Duration {
+		t.Errorf("job latency of a run of %d jobs in %.1fs: %+v", rp.Jobs, rp.Duration, lat)
 	}
 
 	// Updates: a level Triage does not hold would change; the one it
