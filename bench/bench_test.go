@@ -2,7 +2,10 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -22,27 +25,59 @@ import (
 // embedded server, measured.
 func runOnce(b *testing.B, s *sims, extra ...string) (proc, map[string]int) {
 	b.Helper()
+	p, c, _ := runReported(b, s, "create", extra...)
+	return p, c
+}
+
+// runReported is `tqtriage run --action action --report` of the whole
+// collection, with its embedded server: the process measured, its counts
+// and its report.
+func runReported(b *testing.B, s *sims, action string, extra ...string) (proc, map[string]int, run.Report) {
+	b.Helper()
 	env := s.env(append([]string{"TQTRIAGE_DATA_DIR", b.TempDir()}, extra...)...)
-	p := runTQ(b, env, "run", "--action", "create", "--collection", collection)
-	return p, counts(p.stdout)
+	file := filepath.Join(b.TempDir(), "report.json")
+	p := runTQ(b, env, "run", "--action", action, "--collection", collection, "--report", file)
+	var rep run.Report
+	data, err := os.ReadFile(file)
+	if err == nil {
+		err = json.Unmarshal(data, &rep)
+	}
+	if err != nil {
+		b.Fatalf("report: %v", err)
+	}
+	return p, counts(p.stdout), rep
+}
+
+// latency is a report's job latency, for a log line.
+func latency(r run.Report) string {
+	l := r.JobLatency
+	if l == nil {
+		return "job latency not sampled"
+	}
+	return fmt.Sprintf("job latency p50 %.0f ms, p99 %.0f ms (%d samples)", 1000*l.P50Seconds, 1000*l.P99Seconds, l.Samples)
 }
 
 // BenchmarkRunAgainstTriageLatency: `run` end to end (worker, write-back,
 // follower, embedded server) of 20,000 creates, Triage answering in 20 ms,
 // 64 jobs at once: the bound is 64 / 20 ms = 3,200 creates a second.
 func BenchmarkRunAgainstTriageLatency(b *testing.B) {
-	const n, conc, latency = 20000, 64, 20 * time.Millisecond
+	const n, conc, triageLatency = 20000, 64, 20 * time.Millisecond
 	for range b.N {
-		s := startSims(b, triagesim.Options{Latency: latency}, n, "latency")
-		p, c := runOnce(b, s, "WORKER_CONCURRENCY", strconv.Itoa(conc), "WRITEBACK_CONCURRENCY", "32")
+		s := startSims(b, triagesim.Options{Latency: triageLatency}, n, "latency")
+		p, c, rep := runReported(b, s, "create", "WORKER_CONCURRENCY", strconv.Itoa(conc), "WRITEBACK_CONCURRENCY", "32")
 		if c["created"] != n {
 			b.Fatalf("counts %v", c)
 		}
-		bound := float64(conc) / latency.Seconds()
+		bound := float64(conc) / triageLatency.Seconds()
 		rate := float64(n) / p.wall.Seconds()
 		b.ReportMetric(rate, "creates/s")
 		b.ReportMetric(rate/bound, "of-bound")
-		b.Logf("%d creates in %v: %.0f/s against a bound of %.0f/s: %.2f (target 0.85)", n, p.wall.Round(time.Millisecond), rate, bound, rate/bound)
+		if l := rep.JobLatency; l != nil {
+			b.ReportMetric(1000*l.P50Seconds, "p50-ms")
+			b.ReportMetric(1000*l.P99Seconds, "p99-ms")
+		}
+		b.Logf("%d creates in %v: %.0f/s against a bound of %.0f/s: %.2f (target 0.85); %s",
+			n, p.wall.Round(time.Millisecond), rate, bound, rate/bound, latency(rep))
 	}
 }
 
@@ -224,4 +259,112 @@ func BenchmarkFleetBudget(b *testing.B) {
 				replicas, budget, rate, rate/budget, highest, over, budget*1.1)
 		}
 	}
+}
+
+// BenchmarkWritebackRequests: the ThreatQ requests write-back makes per
+// indicator, counted by the run's report (the collection's reading and
+// tokens left out): a create writes its three attributes; an update
+// changes the rows the collection read brought along; the same update
+// again finds ThreatQ holding what it would write, and writes nothing.
+func BenchmarkWritebackRequests(b *testing.B) {
+	const n = 2000
+	for range b.N {
+		s := startSims(b, triagesim.Options{}, n, "writeback")
+		steps := []struct {
+			name, action, status string
+			env                  []string
+		}{
+			{"create", "create", "created", nil},
+			{"update", "update", "updated", []string{"TRIAGE_THREAT_LEVEL", "Benign"}},
+			{"update-again", "update", "updated", []string{"TRIAGE_THREAT_LEVEL", "Benign"}},
+		}
+		for _, st := range steps {
+			_, c, rep := runReported(b, s, st.action, append([]string{"WORKER_CONCURRENCY", "64", "WRITEBACK_CONCURRENCY", "32"}, st.env...)...)
+			if c[st.status] != n {
+				b.Fatalf("%s: counts %v", st.name, c)
+			}
+			var writes int64
+			for op, k := range rep.Requests["threatq"] {
+				switch op {
+				case "token", "list_collection", "collection_name":
+				default:
+					writes += k
+				}
+			}
+			per := float64(writes) / n
+			b.ReportMetric(per, st.name+"-requests/indicator")
+			b.Logf("%s: %d indicators %s, %.2f ThreatQ requests each from write-back %v", st.name, n, st.status, per, rep.Requests["threatq"])
+		}
+	}
+}
+
+// BenchmarkPublisher: `tqtriage publish --file` of 1,000,000 indicators
+// into a JetStream server of this process's, against a bare loop of
+// PublishAsync with message ids (the same number of jobs, as large, at
+// most as many in flight) into a server of its own. Targets: at least 0.5
+// of the bare loop's rate; the publisher's peak RSS under 64 MiB.
+func BenchmarkPublisher(b *testing.B) {
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("BENCH_PUBLISH_N")); err == nil && v > 0 {
+		n = v
+	}
+	file := exportFile(b, n)
+	s := startSims(b, triagesim.Options{}, 0, "publish")
+	for range b.N {
+		// The publisher, a process of its own.
+		srv := bustest.Server(b)
+		env := s.env("NATS_URL", srv.ClientURL())
+		runTQ(b, env, "setup")
+		p := runTQ(b, env, "publish", "--action", "create", "--file", file)
+		pubRate := float64(n) / p.wall.Seconds()
+
+		// The bare loop, against a server as fresh, with jobs as large.
+		bare := bustest.Server(b)
+		runTQ(b, s.env("NATS_URL", bare.ClientURL()), "setup")
+		bareRate, size := bareLoop(b, bare.ClientURL(), n)
+
+		b.ReportMetric(pubRate, "indicators/s")
+		b.ReportMetric(bareRate, "bare-publishes/s")
+		b.ReportMetric(pubRate/bareRate, "of-bare")
+		b.ReportMetric(mib(p.maxRSS), "peak-MiB")
+		b.Logf("%d indicators published in %v: %.0f/s; a bare PublishAsync loop of %d-byte jobs: %.0f/s; %.2f of it (target 0.5); publisher peak RSS %.0f MiB (target < 64), %.1f µs of CPU an indicator",
+			n, p.wall.Round(time.Millisecond), pubRate, size, bareRate, pubRate/bareRate, mib(p.maxRSS), float64(p.cpu.Microseconds())/float64(n))
+	}
+}
+
+// bareLoop publishes n jobs with message ids, as fast as JetStream takes
+// them with as many in flight as the publisher allows, and returns the
+// rate and the size of a job.
+func bareLoop(b *testing.B, url string, n int) (float64, int) {
+	b.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(run.DefaultMaxInFlight))
+	if err != nil {
+		b.Fatal(err)
+	}
+	job, err := message.Encode(message.Job{
+		V: message.Version, RunID: run.NewID(time.Now()), Action: message.ActionCreate, Seq: int64(n),
+		Indicator: message.Indicator{ID: int64(n), Type: "FQDN", Value: "export-999999.phish.example.com"},
+		ReplyTo:   message.ResultSubject("20261127T000000-00000000"),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	subject := message.JobSubject(message.ActionCreate)
+	start := time.Now()
+	for i := range n {
+		if _, err := js.PublishAsync(subject, job, jetstream.WithMsgID("bare-"+strconv.Itoa(i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		b.Fatal("bare loop: acks did not come")
+	}
+	return float64(n) / time.Since(start).Seconds(), len(job)
 }
