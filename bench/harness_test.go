@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -158,21 +159,85 @@ func runTQ(tb testing.TB, env []string, args ...string) proc {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	var hw *highWater
+	if err == nil {
+		hw = watchHighWater(cmd.Process.Pid)
+		err = cmd.Wait()
+	}
 	p := proc{wall: time.Since(start), stdout: out.String(), stderr: errb.String()}
 	if err != nil {
 		tb.Fatalf("tqtriage %s: %v\n%s\n%s", strings.Join(args, " "), err, p.stdout, tail(p.stderr))
 	}
-	p.cpu, p.maxRSS = usage(cmd.ProcessState)
+	p.cpu, p.maxRSS = cpuTime(cmd.ProcessState), hw.end()
 	return p
 }
 
-func usage(ps *os.ProcessState) (time.Duration, int64) {
+func cpuTime(ps *os.ProcessState) time.Duration {
 	ru, ok := ps.SysUsage().(*syscall.Rusage)
 	if !ok {
-		return 0, 0
+		return 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Maxrss * 1024
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// highWater follows a process's peak resident memory (VmHWM in
+// /proc/<pid>/status) while it runs. The rusage of its end cannot say
+// it: Go starts a child with vfork and exec, and exec carries the
+// parent's high-water mark into the child's ru_maxrss, so a child of this
+// benchmark (holding simulators and servers of hundreds of MiB) would be
+// reported as large as it. Read every 20 ms; the mark only grows, so
+// at most the last 20 ms of a process's life escape it.
+type highWater struct {
+	peak atomic.Int64
+	once sync.Once
+	stop chan struct{}
+	done chan struct{}
+}
+
+func watchHighWater(pid int) *highWater {
+	h := &highWater{stop: make(chan struct{}), done: make(chan struct{})}
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if kb, ok := vmHWM(path); ok {
+				h.peak.Store(max(h.peak.Load(), kb*1024))
+			}
+			select {
+			case <-h.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return h
+}
+
+// end stops following and returns the peak seen, in bytes.
+func (h *highWater) end() int64 {
+	if h == nil {
+		return 0
+	}
+	h.once.Do(func() { close(h.stop) })
+	<-h.done
+	return h.peak.Load()
+}
+
+func vmHWM(path string) (int64, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb, err == nil
+		}
+	}
+	return 0, false
 }
 
 func tail(s string) string {
@@ -200,6 +265,7 @@ type background struct {
 	cmd    *exec.Cmd
 	stderr *syncBuffer
 	done   chan struct{}
+	hw     *highWater
 }
 
 type syncBuffer struct {
@@ -223,6 +289,7 @@ func startTQ(tb testing.TB, env []string, args ...string) *background {
 	if err := b.cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
+	b.hw = watchHighWater(b.cmd.Process.Pid)
 	go func() { _ = b.cmd.Wait(); close(b.done) }()
 	tb.Cleanup(func() { b.stop() })
 	return b
@@ -241,10 +308,11 @@ func (b *background) stop() (time.Duration, int64) {
 			<-b.done
 		}
 	}
+	peak := b.hw.end()
 	if b.cmd.ProcessState == nil {
-		return 0, 0
+		return 0, peak
 	}
-	return usage(b.cmd.ProcessState)
+	return cpuTime(b.cmd.ProcessState), peak
 }
 
 // percentile of sorted durations.
