@@ -94,6 +94,9 @@ func (s *sims) env(kv ...string) []string {
 	if g := os.Getenv("BENCH_GOGC"); g != "" {
 		env = append(env, "GOGC="+g) // try the collector's setting on the measured process
 	}
+	if g := os.Getenv("BENCH_GOMEMLIMIT"); g != "" {
+		env = append(env, "GOMEMLIMIT="+g) // and its soft memory limit
+	}
 	if p := os.Getenv("TQTRIAGE_PPROF"); p != "" {
 		env = append(env, "TQTRIAGE_PPROF="+p) // profile the measured process
 	}
