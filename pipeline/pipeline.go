@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/buildinfo"
 	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/httpclient"
 	"github.com/tqtriage/tqtriage/internal/httpmetrics"
@@ -96,6 +97,7 @@ func newTriage(ctx context.Context, s TriageSettings, th *throttle.Throttle) (*t
 	// must not stop the renewals of jobs finishing in their grace period.
 	return triage.New(context.WithoutCancel(ctx), triage.Config{
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret, ClientSecretFunc: s.ClientSecretFunc,
+		UserAgent: buildinfo.UserAgent(),
 		HTTP: httpclient.Options{
 			InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile, Timeout: s.Timeout,
 			// The throttle waits before a request is sent, outside what
@@ -201,6 +203,7 @@ func NewThreatQ(ctx context.Context, s ThreatQSettings, policy retry.Policy) (*t
 	return threatq.New(context.WithoutCancel(ctx), threatq.Config{ // as in NewTriage
 		BaseURL: s.BaseURL, ClientID: s.ClientID, ClientSecret: s.ClientSecret, SecretFunc: s.SecretFunc,
 		Email: s.Email, Password: s.Password, AttributeSource: s.AttributeSource,
+		UserAgent: buildinfo.UserAgent(),
 		HTTP: httpclient.Options{InsecureSkipVerify: s.InsecureSkipVerify, CAFile: s.CAFile,
 			Wrap:     s.Metrics.Wrap(httpmetrics.ThreatQ, httpmetrics.ThreatQRoutes),
 			ReadOnly: s.ReadOnly, TokenPath: threatq.TokenPath},

@@ -151,7 +151,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		// Explicit: auto-detection would first try Basic auth and spend a
 		// failed request finding out.
 		AuthStyle: oauth2.AuthStyleInParams,
-	}, c.readSecret(secret), hc)
+	}, c.readSecret(secret), withUserAgent(hc, c.agent))
 	return c, nil
 }
 
@@ -181,6 +181,29 @@ func (c *Client) Authenticate(ctx context.Context) error {
 		return c.tokenFailure(err)
 	}
 	return nil
+}
+
+// withUserAgent is hc sending agent on every request: the oauth2 package
+// makes the token requests itself and would send Go's default.
+func withUserAgent(hc *http.Client, agent string) *http.Client {
+	out := *hc
+	out.Transport = agentTransport{base: hc.Transport, agent: agent}
+	return &out
+}
+
+type agentTransport struct {
+	base  http.RoundTripper
+	agent string
+}
+
+func (t agentTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	base := t.base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	r = r.Clone(r.Context()) // a RoundTripper must not change the request it is given
+	r.Header.Set("User-Agent", t.agent)
+	return base.RoundTrip(r)
 }
 
 func parseBaseURL(raw string) (*url.URL, error) {

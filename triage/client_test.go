@@ -597,6 +597,9 @@ func TestClientSendsJSONAPIMediaTypes(t *testing.T) {
 				form.Get("client_secret") != triagesim.DefaultClientSecret || r.header.Get("Authorization") != "" {
 				t.Fatalf("token request: query %q, headers %v: want the credentials in the form body only", r.query, r.header)
 			}
+			if got := r.header.Get("User-Agent"); got != "tqtriage-test/1" {
+				t.Errorf("token request: User-Agent %q", got)
+			}
 			continue
 		}
 		if got := r.header.Get("Accept"); got != triage.MediaType {
