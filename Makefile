@@ -7,8 +7,18 @@ FUZZTIME ?= 20s
 
 .PHONY: build test vet race bench fuzz demo clean
 
+# The build's identity, stamped into internal/buildinfo (`tqtriage version`,
+# the start-up log line, tqtriage_build_info, the User-Agent). Override any
+# of them: make build VERSION=1.2.0. SOURCE_DATE_EPOCH, when set, fixes the
+# date (a reproducible build).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE    ?= $(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(date +%s)} +%Y-%m-%dT%H:%M:%SZ)
+BUILDINFO := github.com/tqtriage/tqtriage/internal/buildinfo
+LDFLAGS := -s -w -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT) -X $(BUILDINFO).date=$(DATE)
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/tqtriage
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tqtriage
 
 vet:
 	$(GO) vet $(PKGS)

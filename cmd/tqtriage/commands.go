@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/buildinfo"
 	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/httpmetrics"
 	"github.com/tqtriage/tqtriage/internal/retry"
@@ -53,7 +54,8 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 					log.Warn().Err(err).Msg("could not join the workers' fleet: this replica takes the whole rate limit and pauses alone")
 				}
 				defer leave()
-				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("fleet_rate_limit", t.settings.RateLimit).Dur("max_pause", t.worker.MaxPause).Msg("worker started")
+				log.Info().Int("concurrency", t.worker.Concurrency).Int("objects_per_run", t.worker.ObjectsPerRun).Float64("fleet_rate_limit", t.settings.RateLimit).Dur("max_pause", t.worker.MaxPause).
+					Str("version", buildinfo.Get().Version).Str("commit", buildinfo.Get().Commit).Msg("worker started")
 				return pipeline.ServeWorkers(ctx, b, w, log, m)
 			}}, nil
 		}
@@ -72,7 +74,8 @@ func cmdWriteback(ctx context.Context, args []string, stdout, stderr io.Writer) 
 				return replica{}, err
 			}
 			return replica{gate: g, serve: func(ctx context.Context, b *bus.Bus, log zerolog.Logger, m *bus.Metrics) error {
-				log.Info().Int("concurrency", cfg.Concurrency).Dur("max_pause", cfg.MaxPause).Msg("write-back started")
+				log.Info().Int("concurrency", cfg.Concurrency).Dur("max_pause", cfg.MaxPause).
+					Str("version", buildinfo.Get().Version).Str("commit", buildinfo.Get().Commit).Msg("write-back started")
 				return pipeline.ServeWriteback(ctx, b, wr, log, m)
 			}}, nil
 		}
@@ -97,7 +100,7 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	s := newSettings(name, name+" [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addFlags(s)
-	addHTTP(s, ":8080")
+	addHTTP(s, map[string]string{"worker": workerHTTPAddr, "writeback": writebackHTTPAddr}[name])
 	addLog(s)
 	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {

@@ -12,11 +12,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/buildinfo"
 	"github.com/tqtriage/tqtriage/internal/gate"
 	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/mapping"
@@ -42,6 +44,14 @@ func addNATS(s *settings, urlHelp string) {
 	s.add("nats-tls-key", "NATS_TLS_KEY", "", "client key for NATS")
 	s.add("nats-replicas", "NATS_REPLICAS", "1", "replication factor of the streams (3 on a three-node cluster)")
 }
+
+// The default HTTP addresses of the replicas differ, so that a worker and
+// a write-back started on one host with defaults do not collide
+// (docs/cli.md); `sim` keeps to 127.0.0.1:8081 and :8082.
+const (
+	workerHTTPAddr    = ":8080"
+	writebackHTTPAddr = ":8090"
+)
 
 func addHTTP(s *settings, def string) {
 	s.add("http-addr", "HTTP_ADDR", def, "address of /metrics, /healthz and /readyz (empty: none)")
@@ -235,6 +245,9 @@ func serveHTTP(ctx context.Context, addr string, m *pipeline.Metrics, ready func
 		return func() {}, nil
 	}
 	m.WatchReady(ready)
+	if m != nil {
+		m.MustRegister(buildInfoGauge())
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -261,6 +274,20 @@ func serveHTTP(ctx context.Context, addr string, m *pipeline.Metrics, ready func
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}, nil
+}
+
+// buildInfoGauge is tqtriage_build_info{version,commit} = 1: the usual
+// Prometheus idiom, so a dashboard can join any series to the build that
+// produced it.
+func buildInfoGauge() prometheus.Collector {
+	bi := buildinfo.Get()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "tqtriage_build_info",
+		Help:        "The build of tqtriage serving these metrics (value 1).",
+		ConstLabels: prometheus.Labels{"version": bi.Version, "commit": bi.Commit},
+	})
+	g.Set(1)
+	return g
 }
 
 // replicaReady is what /readyz says of a replica: ready only while it is

@@ -33,6 +33,7 @@ commands:
   setup      create or update the streams, consumers and buckets (once, as an operator)
   demo       run against local Triage and ThreatQ simulators, no account needed
   sim        serve the Triage and ThreatQ simulators
+  version    print the version, commit and build date (also --version)
 
 Run 'tqtriage <command> -h' for a command's flags and environment variables.
 `
@@ -105,6 +106,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "sim":
 		return cmdSim(ctx, rest, stdout, stderr)
+	case "version", "-version", "--version":
+		return cmdVersion(rest, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
