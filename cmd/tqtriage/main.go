@@ -15,6 +15,11 @@ import (
 	"runtime/pprof"
 	"syscall"
 
+	// Mozilla's roots, used when the system has none (the image is FROM
+	// scratch): HTTPS to Triage and ThreatQ with public certificates
+	// verifies anywhere. A system's own roots, when present, win.
+	_ "golang.org/x/crypto/x509roots/fallback"
+
 	"github.com/tqtriage/tqtriage/internal/termsafe"
 )
 
