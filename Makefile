@@ -5,7 +5,7 @@ PKGS    := ./...
 # Fuzz targets run for FUZZTIME each by `make fuzz`.
 FUZZTIME ?= 20s
 
-.PHONY: build test vet race bench fuzz demo clean
+.PHONY: build nats-server images push test vet race bench fuzz demo clean
 
 # The build's identity, stamped into internal/buildinfo (`tqtriage version`,
 # the start-up log line, tqtriage_build_info, the User-Agent). Override any
@@ -19,6 +19,35 @@ LDFLAGS := -s -w -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COM
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tqtriage
+
+# nats-server from the module go.mod pins: the server of the NATS image,
+# the same the tests embed.
+NATS_MODULE  := github.com/nats-io/nats-server/v2
+NATS_VERSION := $(shell $(GO) list -m -f '{{.Version}}' $(NATS_MODULE))
+
+nats-server:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o bin/nats-server $(NATS_MODULE)
+
+# Both images, FROM scratch, from the binaries above: nothing is pulled.
+# With a registry: make images push IMAGE=registry.example.com/sec/tqtriage
+# NATS_IMAGE=registry.example.com/sec/tqtriage-nats (docs/deploy.md).
+DOCKER     ?= docker
+IMAGE      ?= tqtriage
+NATS_IMAGE ?= tqtriage-nats
+# A tag may not hold '+' or '/'.
+IMAGE_TAG  ?= $(subst /,-,$(subst +,-,$(VERSION)))
+NATS_TAG   ?= $(patsubst v%,%,$(NATS_VERSION))
+
+images: build nats-server
+	$(DOCKER) build -f deployments/tqtriage/Dockerfile --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) \
+	  -t $(IMAGE):$(IMAGE_TAG) -t $(IMAGE):latest .
+	$(DOCKER) build -f deployments/nats/Dockerfile --build-arg NATS_VERSION=$(NATS_VERSION) \
+	  -t $(NATS_IMAGE):$(NATS_TAG) -t $(NATS_IMAGE):latest .
+	@$(DOCKER) image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep -E '^($(IMAGE)|$(NATS_IMAGE)):' || true
+
+push:
+	$(DOCKER) push $(IMAGE):$(IMAGE_TAG)
+	$(DOCKER) push $(NATS_IMAGE):$(NATS_TAG)
 
 vet:
 	$(GO) vet $(PKGS)
