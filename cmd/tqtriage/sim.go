@@ -37,17 +37,43 @@ type sims struct {
 	servers    []*http.Server
 }
 
-func serveSims(triageAddr, threatqAddr string, to triagesim.Options, qo threatqsim.Options, log zerolog.Logger) (*sims, error) {
+// serveSims serves both simulators; with admin, the ThreatQ listener also
+// answers the outage knob of `sim` (simAdmin).
+func serveSims(triageAddr, threatqAddr string, to triagesim.Options, qo threatqsim.Options, admin bool, log zerolog.Logger) (*sims, error) {
 	s := &sims{triage: triagesim.New(to), threatq: threatqsim.New(qo)}
 	var err error
 	if s.triageURL, err = s.serve(triageAddr, s.triage, log); err != nil {
 		return nil, fmt.Errorf("Triage simulator: %w", err)
 	}
-	if s.threatqURL, err = s.serve(threatqAddr, s.threatq, log); err != nil {
+	var qh http.Handler = s.threatq
+	if admin {
+		qh = simAdmin(s.threatq, log)
+	}
+	if s.threatqURL, err = s.serve(threatqAddr, qh, log); err != nil {
 		s.close()
 		return nil, fmt.Errorf("ThreatQ simulator: %w", err)
 	}
 	return s, nil
+}
+
+// simAdmin is the ThreatQ simulator with its outage knob, for trials and
+// the container tests, where the simulator runs in its own process:
+//
+//	POST /_sim/threatq/down  every ThreatQ request is answered 503 from now on
+//	POST /_sim/threatq/up    ThreatQ answers again
+//
+// Only `sim` serves it; a real ThreatQ has no such path.
+func simAdmin(q *threatqsim.Server, log zerolog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", q)
+	for path, down := range map[string]bool{"/_sim/threatq/down": true, "/_sim/threatq/up": false} {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, _ *http.Request) {
+			q.SetDown(down)
+			log.Info().Bool("down", down).Msg("ThreatQ simulator outage switched")
+			w.WriteHeader(http.StatusNoContent)
+		})
+	}
+	return mux
 }
 
 func (s *sims) serve(addr string, h http.Handler, log zerolog.Logger) (string, error) {
@@ -147,7 +173,7 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	sm, err := serveSims(s.str("triage-addr"), s.str("threatq-addr"), to, qo, log)
+	sm, err := serveSims(s.str("triage-addr"), s.str("threatq-addr"), to, qo, true, log)
 	if err != nil {
 		return err
 	}
@@ -159,6 +185,7 @@ func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, "Triage simulator   %s  (TRIAGE_CLIENT_ID=%s TRIAGE_CLIENT_SECRET=%s)\n", sm.triageURL, triagesim.DefaultClientID, triagesim.DefaultClientSecret)
 	fmt.Fprintf(stdout, "ThreatQ simulator  %s  (THREATQ_CLIENT_ID=%s THREATQ_CLIENT_SECRET=%s)\n", sm.threatqURL, threatqsim.DefaultClientID, threatqsim.DefaultClientSecret)
+	fmt.Fprintf(stdout, "ThreatQ outage     POST %s/_sim/threatq/down, POST %s/_sim/threatq/up\n", sm.threatqURL, sm.threatqURL)
 	if n > 0 {
 		fmt.Fprintf(stdout, "sample collection  %s (%d indicators)\n", sample.CollectionHash, n)
 	}
@@ -182,7 +209,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usageErr("%w", err)
 	}
 
-	sm, err := serveSims("127.0.0.1:0", "127.0.0.1:0", triagesim.Options{Latency: latency, LatencyJitter: latency / 2}, threatqsim.Options{}, log)
+	sm, err := serveSims("127.0.0.1:0", "127.0.0.1:0", triagesim.Options{Latency: latency, LatencyJitter: latency / 2}, threatqsim.Options{}, false, log)
 	if err != nil {
 		return err
 	}
