@@ -6,6 +6,9 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/tqtriage/tqtriage/bus"
 )
@@ -36,6 +39,7 @@ func cmdSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	s := newSettings("setup", "setup [flags]", stdout, stderr)
 	addNATS(s, natsURLHelp)
 	addLimits(s)
+	s.add("wait", "TQTRIAGE_SETUP_WAIT", "0s", "keep trying this long while NATS is unreachable or its JetStream not ready (0: try once)")
 	addLog(s)
 	log, err := s.parseWithLogger(args, stderr)
 	if err != nil {
@@ -43,15 +47,26 @@ func cmdSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := busConfig(s, s.str("nats-url"), bus.RoleOperator)
 	cfg.Limits = readLimits(s)
+	wait := s.duration("wait")
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
-	b, err := bus.Connect(ctx, cfg, log)
-	if err != nil {
-		return err
+	// A one-shot setup (compose, a Kubernetes Job) may start with the
+	// cluster: it tries again until the servers answer and JetStream has
+	// a leader, or --wait has passed.
+	deadline := time.Now().Add(wait)
+	for {
+		err = setupOnce(ctx, cfg, log)
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			break
+		}
+		log.Warn().Err(err).Msg("NATS not ready for setup; trying again")
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Second):
+		}
 	}
-	defer b.Close()
-	if err := b.Setup(ctx); err != nil {
+	if err != nil {
 		return err
 	}
 	l := cfg.Limits
@@ -63,6 +78,15 @@ func cmdSetup(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "  %-18s write-back order: %s; beyond, new indicators' write-backs wait\n", bus.BucketApplied, sizeString(l.AppliedMaxBytes))
 	fmt.Fprintf(stdout, "  consumers %s, %s; buckets %s, %s\n", bus.ConsumerWorkers, bus.ConsumerWriteback, bus.BucketRuns, bus.BucketDeliveries)
 	return nil
+}
+
+func setupOnce(ctx context.Context, cfg bus.Config, log zerolog.Logger) error {
+	b, err := bus.Connect(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return b.Setup(ctx)
 }
 
 var sizeUnits = []struct {
