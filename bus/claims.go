@@ -124,17 +124,32 @@ func (b *Bus) leadClaims(qk string, q *claimQueue, runID string, limit int) {
 
 		// The leader's own context must not cut short the others'
 		// claims; each commit is bounded on its own.
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), claimCommitTimeout)
 		answers, err := b.claimAll(ctx, runID, reqs, limit)
 		cancel()
 		for _, r := range reqs {
 			if err != nil {
-				r.done <- claimAnswer{err: transient(fmt.Errorf("claim %s: %w", runID, err))}
+				r.done <- claimAnswer{err: claimFailed(runID, err)}
 			} else {
 				r.done <- claimAnswer{adm: answers[r.key]}
 			}
 		}
 	}
+}
+
+// claimCommitTimeout bounds the commit of one group of claims.
+const claimCommitTimeout = 30 * time.Second
+
+// claimFailed is what each claim of a group whose commit failed gets: a
+// transient error, to be tried again. The commit's own deadline (a stream
+// without a leader for a while, during a failover) is not the caller's:
+// left in the chain, context.DeadlineExceeded would read as the caller
+// having ended, which is not retried, and the job would fail for good.
+func claimFailed(runID string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("not decided within %v: %s", claimCommitTimeout, err)
+	}
+	return transient(fmt.Errorf("claim %s: %w", runID, err))
 }
 
 // claimAll decides the claims of the distinct keys in reqs.
