@@ -54,8 +54,11 @@ vet:
 
 # The test command of the README and of CI: vet, then every test with the
 # race detector (the worker, publisher and write-back are concurrent).
+# The container tests (integration/containers_*_test.go) build the images
+# themselves from this tree; they need Docker, and run without Ryuk, the
+# reaper testcontainers would pull (nothing can be pulled here).
 test: vet
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # The whole flow against local simulators: no account, no server needed.
 demo: build
