@@ -326,17 +326,17 @@ func startCluster(t *testing.T, s clusterSettings) *cluster {
 	if code, out := c.once(ctx, env, "setup"); code != 0 || !strings.Contains(out, "(replicas 3)") {
 		t.Fatalf("setup: exit %d%s", code, out)
 	}
+	c.workers = make([]*testcontainers.DockerContainer, s.workers)
 	for i := range s.workers {
 		env := c.roleEnv("worker", "TRIAGE_")
 		env["TRIAGE_OBJECTS_PER_RUN"] = strconv.Itoa(s.cap)
 		env["WORKER_CONCURRENCY"] = strconv.Itoa(s.concurrency)
 		wg.Go(func() {
-			w, err := c.start(ctx, c.img.app, []string{fmt.Sprintf("worker-%d", i+1)}, env, wait.ForLog(`"message":"worker started"`), "worker")
+			var err error
+			c.workers[i], err = c.start(ctx, c.img.app, []string{fmt.Sprintf("worker-%d", i+1)}, env, wait.ForLog(`"message":"worker started"`), "worker")
 			if err != nil {
 				t.Error(err)
-				return
 			}
-			c.addWorker(w)
 		})
 	}
 	wg.Go(func() {
@@ -407,14 +407,6 @@ func startCluster(t *testing.T, s clusterSettings) *cluster {
 	t.Logf("cluster up in %v (images built in %v): 3 NATS nodes, %d workers, write-back, simulators with %d indicators; images %s, %s",
 		time.Since(began).Round(time.Millisecond), built.Round(time.Millisecond), s.workers, s.sample, c.img.app, c.img.nats)
 	return c
-}
-
-var workersMu sync.Mutex
-
-func (c *cluster) addWorker(w *testcontainers.DockerContainer) {
-	workersMu.Lock()
-	defer workersMu.Unlock()
-	c.workers = append(c.workers, w)
 }
 
 // kill sends SIGKILL: no hand-back, no goodbye.

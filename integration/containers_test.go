@@ -208,20 +208,32 @@ func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *
 		t.Logf("objects-per-run cap %d: %d admitted: %d slots taken by lost deliveries", c.settings.cap, admitted, want-admitted)
 	}
 
-	// Triage holds each admitted indicator, once.
+	// Triage holds each admitted indicator, once, from tqtriage's source;
+	// another team's indicators of the same values stay as they were.
 	inTriage := map[string]triage.Indicator{}
 	byValue := map[string]int{}
+	others := 0
 	for ind, err := range c.triage.ListIndicators(ctx, triage.ListOptions{}) {
 		if err != nil {
 			t.Fatal(err)
+		}
+		if ind.ThreatSource != sample.Source {
+			if ind.ThreatSource != sample.OtherSource || ind.ThreatLevel != "Benign" {
+				t.Errorf("Triage indicator %s: source %q, level %q: another team's indicator was changed", ind.ID, ind.ThreatSource, ind.ThreatLevel)
+			}
+			others++
+			continue
 		}
 		inTriage[ind.ID] = *ind
 		byValue[ind.ThreatType+" "+strings.ToLower(ind.ThreatValue)]++
 	}
 	for v, n := range byValue {
 		if n != 1 {
-			t.Errorf("Triage holds %s %d times", v, n)
+			t.Errorf("Triage holds %s %d times from %s", v, n, sample.Source)
 		}
+	}
+	if want := len(sample.FromOtherSource()); others != want {
+		t.Errorf("Triage holds %d indicators of another source; the simulator seeded %d", others, want)
 	}
 	if *seen == nil {
 		*seen = triageSeen{}
@@ -257,7 +269,7 @@ func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *
 		}
 	}
 	if len(inTriage) != len(*seen) {
-		t.Errorf("Triage holds %d indicators; the seed and the runs account for %d", len(inTriage), len(*seen))
+		t.Errorf("Triage holds %d indicators from %s; the seed and the runs account for %d", len(inTriage), sample.Source, len(*seen))
 	}
 
 	// Every attribute on ThreatQ.
