@@ -58,12 +58,12 @@ func TestContainers(t *testing.T) {
 		t.Logf("%v: nats-%d started again and current", time.Since(began).Round(time.Millisecond), n+1)
 
 		c.waitComplete(ctx, id, 4*time.Minute)
-		// The killed worker may have created up to its concurrency of
-		// indicators in Triage without storing their results, and so may
-		// every worker whose results could not be stored while its NATS
-		// node was away: their redeliveries answer exists, with the same
-		// Triage indicator (docs/flow.md).
-		c.verify(ctx, id, began, &seen, c.settings.workers*c.settings.concurrency)
+		// The killed worker may have created indicators in Triage without
+		// storing their results, and so may every worker whose results
+		// could not be stored while its NATS node was away: their
+		// redeliveries answer exists, with the same Triage indicator
+		// (docs/flow.md).
+		c.verify(ctx, id, began, &seen, true)
 	})
 	t.Run("ThreatQAwayDuringWriteBack", func(t *testing.T) {
 		c.t = t
@@ -85,7 +85,7 @@ func TestContainers(t *testing.T) {
 		c.simOutage(false)
 		t.Logf("%v: ThreatQ back", time.Since(began).Round(time.Millisecond))
 		c.waitComplete(ctx, id, 4*time.Minute)
-		c.verify(ctx, id, began, &seen, 0)
+		c.verify(ctx, id, began, &seen, false)
 	})
 }
 
@@ -152,10 +152,11 @@ type triageSeen map[string]bool
 var statusCount = regexp.MustCompile(`(?m)^  (created|exists|updated|not_found|invalid|skipped|failed)\s+(\d+)\s`)
 
 // verify checks a finished run against the simulators and `tqtriage
-// status`, and prints what it came to. lost is how many creates a lost
-// delivery (a killed worker's) may have made: their redeliveries answer
-// exists for an indicator this run put in Triage.
-func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *triageSeen, lost int) {
+// status`, and prints what it came to. disrupted says deliveries may
+// have been lost (a worker killed, a NATS node stopped): a create whose
+// result was not stored is answered exists when delivered again, for the
+// indicator this run put in Triage, and may leave a slot of the cap used.
+func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *triageSeen, disrupted bool) {
 	t := c.t
 	t.Helper()
 	took := time.Since(began)
@@ -196,13 +197,19 @@ func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *
 	// Triage, and, without lost deliveries, exactly cap. A delivery lost
 	// after its indicator was counted and before its claim was stored
 	// leaves a slot used: its redelivery, once the run has reached the
-	// cap, is skipped (a known gap, docs/deploy.md).
+	// cap, is skipped (a known gap, docs/deploy.md). With lost deliveries
+	// the test allows 1% of the cap for it, so that a gross loss of
+	// admissions still fails.
 	valid := len(inds) - counts[message.StatusInvalid]
 	admitted := counts[message.StatusCreated] + counts[message.StatusExists]
 	want := min(c.settings.cap, valid)
-	if admitted > want || admitted < want-lost || admitted+counts[message.StatusSkipped]+counts[message.StatusFailed] != valid {
-		t.Errorf("objects-per-run cap %d: %d admitted (created or exists), %d skipped, of %d valid; want %d (at least %d with %d deliveries that may be lost)",
-			c.settings.cap, admitted, counts[message.StatusSkipped], valid, want, want-lost, lost)
+	atLeast := want
+	if disrupted {
+		atLeast = want - want/100
+	}
+	if admitted > want || admitted < atLeast || admitted+counts[message.StatusSkipped]+counts[message.StatusFailed] != valid {
+		t.Errorf("objects-per-run cap %d: %d admitted (created or exists), %d skipped, of %d valid; want %d (at least %d)",
+			c.settings.cap, admitted, counts[message.StatusSkipped], valid, want, atLeast)
 	}
 	if admitted < want {
 		t.Logf("objects-per-run cap %d: %d admitted: %d slots taken by lost deliveries", c.settings.cap, admitted, want-admitted)
@@ -243,7 +250,10 @@ func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *
 			}
 		}
 	}
+	// Each Triage indicator is one result's: no two results of the run
+	// name the same, and each names the one Triage holds for its value.
 	ownExists := 0
+	named := map[string]int64{}
 	for _, rs := range res {
 		r := rs[0]
 		if r.Status != message.StatusCreated && r.Status != message.StatusExists {
@@ -253,15 +263,23 @@ func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *
 			t.Errorf("indicator %d: %s without a Triage indicator", r.Indicator.ID, r.Status)
 			continue
 		}
-		if _, ok := inTriage[r.Triage.ID]; !ok {
+		held, ok := inTriage[r.Triage.ID]
+		switch {
+		case !ok:
 			t.Errorf("indicator %d: %s as Triage %s, which Triage does not hold", r.Indicator.ID, r.Status, r.Triage.ID)
+		case !strings.EqualFold(held.ThreatValue, r.Triage.ThreatValue):
+			t.Errorf("indicator %d: %s as Triage %s (%q), which Triage holds for %q", r.Indicator.ID, r.Status, r.Triage.ID, r.Triage.ThreatValue, held.ThreatValue)
 		}
+		if other, dup := named[r.Triage.ID]; dup {
+			t.Errorf("indicators %d and %d both answered with Triage %s", other, r.Indicator.ID, r.Triage.ID)
+		}
+		named[r.Triage.ID] = r.Indicator.ID
 		if r.Status == message.StatusExists && !(*seen)[r.Triage.ID] {
 			ownExists++
 		}
 	}
-	if ownExists > lost {
-		t.Errorf("%d results answer exists for an indicator no earlier run nor the seed put in Triage; at most %d creates could have been lost", ownExists, lost)
+	if ownExists > 0 && !disrupted {
+		t.Errorf("%d results answer exists for an indicator no earlier run nor the seed put in Triage, though no delivery was lost", ownExists)
 	}
 	for _, rs := range res {
 		if r := rs[0]; r.Triage != nil && (r.Status == message.StatusCreated || r.Status == message.StatusExists) {
