@@ -54,11 +54,14 @@ vet:
 
 # The test command of the README and of CI: vet, then every test with the
 # race detector (the worker, publisher and write-back are concurrent).
-# The container tests (integration/containers_*_test.go) build the images
-# themselves from this tree; they need Docker, and run without Ryuk, the
-# reaper testcontainers would pull (nothing can be pulled here).
+# Then the container tests (integration/containers_*_test.go), on their
+# own: they build the images from this tree and run a cluster, a load that
+# would slow the timing tests of the other packages if they ran beside them.
+# They need Docker, run without Ryuk (the reaper testcontainers would pull;
+# nothing can be pulled here), and print each run's figures (-v).
 test: vet
-	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m -skip '^TestContainers$$' $(PKGS)
+	TESTCONTAINERS_RYUK_DISABLED=true $(GO) test -race -count=1 -timeout 15m -v -run '^TestContainers$$' ./integration
 
 # The whole flow against local simulators: no account, no server needed.
 demo: build

@@ -83,6 +83,11 @@ func requireDocker(t *testing.T) *testcontainers.DockerProvider {
 	return p
 }
 
+// quiet is a testcontainers logger that says nothing.
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}
+
 // repoRoot is the module's root: the build context of the images.
 func repoRoot(t *testing.T) string {
 	t.Helper()
@@ -202,7 +207,9 @@ func (c *cluster) start(ctx context.Context, image string, aliases []string, env
 		network.WithNetwork(aliases, c.net),
 		testcontainers.WithCmd(cmd...),
 		testcontainers.WithEnv(env),
-		testcontainers.WithLogger(tclog.TestLogger(c.t)),
+		// A container's life (created, started, ready, stopped) is not
+		// news: the test says what matters.
+		testcontainers.WithLogger(quiet{}),
 	}
 	if ready != nil {
 		opts = append(opts, testcontainers.WithWaitStrategy(ready))
