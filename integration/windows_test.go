@@ -51,7 +51,7 @@ func TestALongRateLimitWindowFailsNoJobAndSpendsNoDelivery(t *testing.T) {
 	if st.RateLimited == 0 || time.Since(start) < 9*time.Second {
 		t.Fatal("the run did not meet the window; the test proved nothing")
 	}
-	everyResultAtItsFirstDelivery(t, b, "window-run", n, message.StatusCreated)
+	everyResultSpentNoDeliveryOfItsOwn(t, b, "window-run", n, message.StatusCreated)
 }
 
 // syncLog is a log destination the test reads.
@@ -74,7 +74,7 @@ func TestARetryAfterBeyondTheMaximumPausesOnlyTheMaximum(t *testing.T) {
 	var logs syncLog
 	b := e.bus()
 	cfg := workerConfig()
-	cfg.MaxDeliver, cfg.MaxPause = 1, time.Second
+	cfg.MaxDeliver, cfg.MaxPause = 2, time.Second
 	w, err := pipeline.NewWorker(t.Context(), pipeline.TriageSettings{BaseURL: e.tURL, ClientID: triagesim.DefaultClientID,
 		ClientSecret: triagesim.DefaultClientSecret, MaxPause: time.Second, Log: zerolog.New(&logs)}, cfg, b)
 	if err != nil {
@@ -93,19 +93,22 @@ func TestARetryAfterBeyondTheMaximumPausesOnlyTheMaximum(t *testing.T) {
 	if !strings.Contains(logs.String(), "longer pause than TRIAGE_MAX_PAUSE allows") || !strings.Contains(logs.String(), `"retry_after":3600000`) {
 		t.Fatalf("the clamping is not logged:\n%s", logs.String())
 	}
-	everyResultAtItsFirstDelivery(t, b, "hour-run", n, message.StatusCreated)
+	everyResultSpentNoDeliveryOfItsOwn(t, b, "hour-run", n, message.StatusCreated)
 }
 
 // TestAThreatQRateLimitDeadLettersNothing: ThreatQ answers 429 for a while
 // with a Retry-After longer than write-back waits in place; the results
-// are put off uncounted (one counted delivery allowed here), none is
+// are put off uncounted (two counted deliveries allowed here), none is
 // dead-lettered, and all are written once the window ends.
 func TestAThreatQRateLimitDeadLettersNothing(t *testing.T) {
 	e := newEnv(t)
+	// Few counted deliveries allowed: a loaded machine must not see a
+	// result's ack wait run out on its own.
+	e.ackWait = firstDeliveryAckWait
 	const n = 20
 	ids := e.collection("tq429", sampleIndicators("tq429", n))
 	wcfg := writerConfig()
-	wcfg.MaxDeliver = 1
+	wcfg.MaxDeliver = 2 // one may be counted into a closing subscription (docs/flow.md)
 	wcfg.Retry = retry.Policy{MaxAttempts: 2, InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond, MaxRetryAfter: time.Second}
 	b := e.bus()
 	o := pipeline.Once{Bus: b, Worker: e.worker(b, workerConfig()), Writer: e.writerWith(pipeline.ThreatQSettings{}, wcfg), Log: e.log}
@@ -129,15 +132,21 @@ func TestAThreatQRateLimitDeadLettersNothing(t *testing.T) {
 
 // TestRollingRestartsSpendNoDelivery: a worker replica stopped mid-run
 // hands back what it had buffered and what its grace period cut short,
-// uncounted; with one delivery allowed per job, four restarts in a row
-// leave no job failed ("delivered 2 times without an answer").
+// uncounted. Before, with one delivery allowed per job, four restarts in
+// a row failed jobs ("delivered 2 times without an answer"). One
+// delivery may still count: a message the server sends to the pull
+// request of a subscription just closing is "not delivered" and sent
+// again at once, but nats-server counts that first delivery all the same
+// (its decDeliveryCount cannot undo a first delivery), and the replica
+// never saw it to record it. So two deliveries are allowed here, and no
+// job may spend more than one counted delivery on four restarts.
 func TestRollingRestartsSpendNoDelivery(t *testing.T) {
 	e := newEnv(t)
 	e.ackWait = firstDeliveryAckWait
 	e.triage.SetLatency(30*time.Millisecond, 0)
 	const n = 200
 	cfg := withConcurrency(workerConfig(), 8)
-	cfg.MaxDeliver = 1
+	cfg.MaxDeliver = 2
 	pub := e.bus()
 	rec, err := run.Publish(context.Background(), pub, run.Options{ID: "rolling", Action: message.ActionCreate}, itemsOf(sampleIndicators("rolling", n)), e.log)
 	if err != nil {
@@ -162,5 +171,5 @@ func TestRollingRestartsSpendNoDelivery(t *testing.T) {
 		tally.Summary(&b, "rolling", n)
 		t.Fatalf("%s; Triage holds %d", b.String(), e.triage.Len())
 	}
-	everyResultAtItsFirstDelivery(t, pub, rec.ID, n, message.StatusCreated)
+	everyResultSpentNoDeliveryOfItsOwn(t, pub, rec.ID, n, message.StatusCreated)
 }
