@@ -1,12 +1,10 @@
 package worker
 
 import (
-	"errors"
 	"time"
 
 	"github.com/tqtriage/tqtriage/bus"
 	"github.com/tqtriage/tqtriage/internal/gate"
-	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/triage"
 )
 
@@ -25,37 +23,17 @@ func (w *Worker) Gate() *gate.Gate { return w.cfg.Gate }
 // held is the outcome of a job met while the gate is closed: put off
 // before it is admitted to the cap or sent, so that it spends nothing.
 func (w *Worker) held() (bus.Outcome, bool) {
-	if w.cfg.Gate == nil {
-		return bus.Outcome{}, false
+	if d, why := w.cfg.Gate.Holding(); d > 0 {
+		return bus.Snooze(d, why), true
 	}
-	d, why := w.cfg.Gate.Hold()
-	if d <= 0 {
-		return bus.Outcome{}, false
-	}
-	return bus.Snooze(d, why), true
+	return bus.Outcome{}, false
 }
 
 // failure is the outcome of a job whose Triage calls ended in err: the
 // executor's to resolve, unless err is the replica's condition.
 func (w *Worker) failure(err error) bus.Outcome {
-	switch {
-	case gate.Refused(err):
-		d, why := gate.DefaultHold, "Triage refused the credentials: "+err.Error()
-		if g := w.cfg.Gate; g != nil {
-			g.Refuse(err)
-			d, why = g.Hold()
-		}
+	if d, why, ok := gate.Condition(w.cfg.Gate, "Triage", err, triage.ErrRateLimited, w.cfg.RedeliveryDelay, w.cfg.MaxPause); ok {
 		return bus.Snooze(d, why)
-	case errors.Is(err, triage.ErrRateLimited):
-		d, _ := retry.RetryAfter(err)
-		if d <= 0 {
-			d = w.cfg.RedeliveryDelay
-		}
-		d = min(d, w.cfg.MaxPause)
-		if g := w.cfg.Gate; g != nil {
-			g.Pause(d, "Triage answered 429")
-		}
-		return bus.Snooze(d, "Triage answered 429: "+err.Error())
 	}
 	return bus.Err(err)
 }

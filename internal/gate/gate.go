@@ -344,3 +344,44 @@ func (g *Gate) result(err error) time.Duration {
 	}
 	return 0
 }
+
+// Holding is Hold of a gate that may be nil (a replica without one): how
+// long a message met now is put off, and why; 0 when it may go on.
+func (g *Gate) Holding() (time.Duration, string) {
+	if g == nil {
+		return 0, ""
+	}
+	return g.Hold()
+}
+
+// Condition says whether err, the failure of a call to service, is the
+// replica's condition rather than the message's, and for how long the
+// message is then put off (uncounted), and why:
+//   - refused credentials close g (when there is one) and hold it for
+//     the gate's wait (DefaultHold without a gate);
+//   - rateLimited (the client's 429 error) pauses g for the error's
+//     Retry-After (redelivery when it has none), at most maxPause.
+//
+// Anything else is the message's: ok is false.
+func Condition(g *Gate, service string, err, rateLimited error, redelivery, maxPause time.Duration) (d time.Duration, why string, ok bool) {
+	switch {
+	case Refused(err):
+		d, why = DefaultHold, service+" refused the credentials: "+err.Error()
+		if g != nil {
+			g.Refuse(err)
+			d, why = g.Hold()
+		}
+		return d, why, true
+	case errors.Is(err, rateLimited):
+		d, _ = retry.RetryAfter(err)
+		if d <= 0 {
+			d = redelivery
+		}
+		d = min(d, maxPause)
+		if g != nil {
+			g.Pause(d, service+" answered 429")
+		}
+		return d, service + " answered 429: " + err.Error(), true
+	}
+	return 0, "", false
+}

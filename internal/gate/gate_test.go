@@ -181,3 +181,57 @@ func TestRefusedReadsTheChain(t *testing.T) {
 		t.Fatal("Refused does not read the error chain")
 	}
 }
+
+// limited is a 429 as the clients return it: a sentinel in its chain and
+// the Retry-After it asked for.
+type limited struct{ after time.Duration }
+
+var errLimited = errors.New("rate limited")
+
+func (l limited) Error() string             { return "429" }
+func (l limited) Is(target error) bool      { return target == errLimited }
+func (l limited) RetryAfter() time.Duration { return l.after }
+
+func TestConditionTellsTheReplicasFromTheMessages(t *testing.T) {
+	// Without a gate: a refusal holds the message DefaultHold; a 429 its
+	// Retry-After, the redelivery delay without one, at most the maximum.
+	cases := []struct {
+		err    error
+		d      time.Duration
+		ok     bool
+		reason string
+	}{
+		{refusal{"invalid_client"}, DefaultHold, true, "Triage refused the credentials"},
+		{limited{2 * time.Second}, 2 * time.Second, true, "Triage answered 429"},
+		{limited{0}, 3 * time.Second, true, "Triage answered 429"},
+		{limited{time.Hour}, 10 * time.Second, true, "Triage answered 429"},
+		{errors.New("500 internal server error"), 0, false, ""},
+	}
+	for _, c := range cases {
+		d, why, ok := Condition(nil, "Triage", c.err, errLimited, 3*time.Second, 10*time.Second)
+		if d != c.d || ok != c.ok || !strings.HasPrefix(why, c.reason) {
+			t.Errorf("%v: %v %q %v; want %v, a reason starting %q, %v", c.err, d, why, ok, c.d, c.reason, c.ok)
+		}
+	}
+	var none *Gate
+	if d, why := none.Holding(); d != 0 || why != "" {
+		t.Errorf("no gate holds %v %q", d, why)
+	}
+
+	// With a gate: a 429 pauses it, a refusal closes it, and what it
+	// holds is the gate's.
+	g, _ := newGate(t, &probe{}, Config{})
+	waitOpen(t, g)
+	if d, _, _ := Condition(g, "Triage", limited{time.Hour}, errLimited, time.Second, 200*time.Millisecond); d != 200*time.Millisecond {
+		t.Fatalf("a 429 held %v; want the maximum", d)
+	}
+	if d, why := g.Holding(); d <= 0 || !strings.Contains(why, "pause") {
+		t.Fatalf("after a 429 the gate holds %v %q; want the pause", d, why)
+	}
+	if _, why, _ := Condition(g, "Triage", refusal{"invalid_client"}, errLimited, time.Second, time.Second); !strings.Contains(why, "refused") {
+		t.Fatalf("a refusal held for %q", why)
+	}
+	if g.Ready() == nil {
+		t.Fatal("a refusal left the replica ready")
+	}
+}
