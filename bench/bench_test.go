@@ -149,8 +149,7 @@ func workerFleet(b *testing.B, s *sims, replicas, n int, env ...string) (time.Du
 	srv := bustest.Server(b)
 	url := srv.ClientURL()
 	base := s.env(append([]string{"NATS_URL", url, "HTTP_ADDR", ""}, env...)...)
-	setup := runTQ(b, base, "setup")
-	_ = setup
+	runTQ(b, base, "setup")
 	var workers []*background
 	for range replicas {
 		workers = append(workers, startTQ(b, base, "worker"))

@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -316,15 +315,6 @@ func (b *background) stop() (time.Duration, int64) {
 		return 0, peak
 	}
 	return cpuTime(b.cmd.ProcessState), peak
-}
-
-// percentile of sorted durations.
-func percentile(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return d[min(len(d)-1, int(p*float64(len(d))))]
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
