@@ -11,10 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/tqtriage/tqtriage/bus"
+	"github.com/tqtriage/tqtriage/internal/metricstest"
 	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/pipeline"
@@ -87,40 +86,7 @@ func runForMetrics(t *testing.T) (map[string]*dto.MetricFamily, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(resp.Body)
-}
-
-// sampleValue is the value of the series of name with labels: a counter's
-// or gauge's value, a histogram's count; nil when there is none.
-func sampleValue(mfs map[string]*dto.MetricFamily, name string, labels map[string]string) *float64 {
-	mf := mfs[name]
-	if mf == nil {
-		return nil
-	}
-series:
-	for _, m := range mf.Metric {
-		got := map[string]string{}
-		for _, l := range m.Label {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, v := range labels {
-			if got[k] != v {
-				continue series
-			}
-		}
-		var v float64
-		switch {
-		case m.Counter != nil:
-			v = m.Counter.GetValue()
-		case m.Gauge != nil:
-			v = m.Gauge.GetValue()
-		case m.Histogram != nil:
-			v = float64(m.Histogram.GetSampleCount())
-		}
-		return &v
-	}
-	return nil
+	return metricstest.Parse(resp.Body)
 }
 
 // sumOf adds up the series of name whose labels include labels.
@@ -173,7 +139,7 @@ func TestMetricsOfASmallPipeline(t *testing.T) {
 		{"tqtriage_consumer_ack_pending", L{"consumer": "tqtriage-writeback"}, 0},
 		{"tqtriage_ready", nil, 1},
 	} {
-		got := sampleValue(mfs, c.name, c.labels)
+		got := metricstest.Value(mfs, c.name, c.labels)
 		switch {
 		case got == nil:
 			t.Errorf("%s%v: no such series", c.name, c.labels)

@@ -11,9 +11,8 @@ import (
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
+	"github.com/tqtriage/tqtriage/internal/metricstest"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/run"
 )
@@ -167,45 +166,11 @@ func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
+	mfs, err := metricstest.Parse(resp.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mfs
-}
-
-// value is the value of the series of name with labels (nil: absent).
-func value(mfs map[string]*dto.MetricFamily, name string, labels map[string]string) *float64 {
-	mf := mfs[name]
-	if mf == nil {
-		return nil
-	}
-series:
-	for _, m := range mf.Metric {
-		got := map[string]string{}
-		for _, l := range m.Label {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, v := range labels {
-			if got[k] != v {
-				continue series
-			}
-		}
-		var v float64
-		switch {
-		case m.Counter != nil:
-			v = m.Counter.GetValue()
-		case m.Gauge != nil:
-			v = m.Gauge.GetValue()
-		case m.Histogram != nil:
-			v = float64(m.Histogram.GetSampleCount())
-		case m.Untyped != nil:
-			v = m.Untyped.GetValue()
-		}
-		return &v
-	}
-	return nil
 }
 
 func TestReplicasDryRunJSONOutputsAndMetrics(t *testing.T) {
@@ -278,7 +243,7 @@ func TestReplicasDryRunJSONOutputsAndMetrics(t *testing.T) {
 		{"tqtriage_consumer_ack_pending", map[string]string{"consumer": "tqtriage-workers"}, 0},
 		{"tqtriage_ready", nil, 1},
 	} {
-		got := value(mfs, c.name, c.labels)
+		got := metricstest.Value(mfs, c.name, c.labels)
 		if got == nil || *got != c.want {
 			v := "absent"
 			if got != nil {
@@ -287,7 +252,7 @@ func TestReplicasDryRunJSONOutputsAndMetrics(t *testing.T) {
 			t.Errorf("%s%v = %s, want %v", c.name, c.labels, v, c.want)
 		}
 	}
-	if value(mfs, "tqtriage_consumer_pending", map[string]string{"consumer": "tqtriage-writeback"}) != nil {
+	if metricstest.Value(mfs, "tqtriage_consumer_pending", map[string]string{"consumer": "tqtriage-writeback"}) != nil {
 		t.Error("the worker reports the write-back consumer's backlog")
 	}
 	reps.stop(t)
