@@ -187,7 +187,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			// The secret's own source failed (a file gone or empty):
 			// nothing was sent. Its error names the file, never the
 			// content.
-			return token{}, &Error{Method: http.MethodPost, Path: tokenPath, Messages: []string{"the secret could not be read"}, Err: fmt.Errorf("%w: %w", ErrAuthentication, err)}
+			return token{}, &Error{Method: http.MethodPost, Path: TokenPath, Messages: []string{"the secret could not be read"}, Err: fmt.Errorf("%w: %w", ErrAuthentication, err)}
 		}
 		c.secrets.Add(s)
 		grant := clientCredentials(cfg.ClientID, s)
