@@ -51,17 +51,15 @@ type token struct {
 // TokenPath is where a token is asked for, below the base URL.
 const TokenPath = "/api/token"
 
-const tokenPath = TokenPath
-
 var errNoToken = errors.New("the token response has no access_token")
 
 // fetchToken asks for a new token, once (the caller retries).
 func (c *Client) fetchToken(ctx context.Context, g grant) (token, error) {
 	start := time.Now()
-	u := c.base + tokenPath + "?" + url.Values{"grant_type": {g.name}}.Encode()
+	u := c.base + TokenPath + "?" + url.Values{"grant_type": {g.name}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(g.form.Encode()))
 	if err != nil {
-		return token{}, &Error{Method: http.MethodPost, Path: tokenPath, Err: err}
+		return token{}, &Error{Method: http.MethodPost, Path: TokenPath, Err: err}
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
@@ -69,11 +67,11 @@ func (c *Client) fetchToken(ctx context.Context, g grant) (token, error) {
 	g.build(req)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return token{}, &Error{Method: http.MethodPost, Path: tokenPath, Err: c.maskErr(err)}
+		return token{}, &Error{Method: http.MethodPost, Path: TokenPath, Err: c.maskErr(err)}
 	}
 	defer httpclient.Drain(resp.Body)
 	var tr wire.TokenResponse
-	if err := c.read(resp, http.MethodPost, tokenPath, &tr); err != nil {
+	if err := c.read(resp, http.MethodPost, TokenPath, &tr); err != nil {
 		if e, ok := err.(*Error); ok && e.StatusCode >= 400 && e.StatusCode < 500 && e.StatusCode != http.StatusTooManyRequests && e.StatusCode != http.StatusRequestTimeout {
 			// The server looked at the credentials and said no.
 			e.Err = ErrAuthentication
@@ -81,7 +79,7 @@ func (c *Client) fetchToken(ctx context.Context, g grant) (token, error) {
 		return token{}, err
 	}
 	if tr.AccessToken == "" {
-		return token{}, &Error{StatusCode: resp.StatusCode, Method: http.MethodPost, Path: tokenPath, Err: &decodeError{errNoToken}}
+		return token{}, &Error{StatusCode: resp.StatusCode, Method: http.MethodPost, Path: TokenPath, Err: &decodeError{errNoToken}}
 	}
 	t := token{access: tr.AccessToken}
 	if tr.ExpiresIn > 0 {
@@ -174,14 +172,9 @@ func (tc *tokenCache) startLocked() *tokenFlight {
 func (tc *tokenCache) fresh(ctx context.Context) error {
 	tc.mu.Lock()
 	tc.cur = nil
-	f := tc.startLocked()
 	tc.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.err
-	case <-ctx.Done():
-		return fmt.Errorf("threatq: waiting for a token: %w", ctx.Err())
-	}
+	_, err := tc.get(ctx)
+	return err
 }
 
 // invalidate drops access if it is still the current token: after a 401,

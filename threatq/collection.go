@@ -1,6 +1,7 @@
 package threatq
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -107,7 +108,8 @@ func (c *Client) CollectionName(ctx context.Context, hash string) (string, error
 		return name, nil
 	}
 	if ctx.Err() != nil {
-		return "", fmt.Errorf("name of collection %s: %w", hash, byHash)
+		// byHash is nil when the answer came but named nothing.
+		return "", fmt.Errorf("name of collection %s: %w", hash, cmp.Or(byHash, ctx.Err()))
 	}
 	name, listed := c.collectionNameFromList(ctx, hash)
 	switch {

@@ -152,7 +152,7 @@ func (e *Error) Refused() bool {
 		return false // the answer passed authentication
 	case errors.Is(e.Err, ErrAuthentication), e.StatusCode == http.StatusUnauthorized, e.StatusCode == http.StatusForbidden:
 		return true
-	case e.Path != tokenPath || e.Retryable():
+	case e.Path != TokenPath || e.Retryable():
 		return false
 	}
 	return e.Err == nil || !httpclient.CallerEnded(e.Err)

@@ -25,9 +25,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
@@ -111,8 +109,8 @@ type Client struct {
 	maxBody   int64
 	userAgent string
 	source    string
-	secrets   *secretSet // masked in every message read from the server
-	pacer     Pacer      // nil: none
+	secrets   *redact.Secrets // masked in every message read from the server
+	pacer     Pacer           // nil: none
 	tokens    *tokenCache
 }
 
@@ -160,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		maxBody:   cfg.MaxBodyBytes,
 		userAgent: cfg.UserAgent,
 		source:    cfg.AttributeSource,
-		secrets:   &secretSet{},
+		secrets:   &redact.Secrets{},
 		pacer:     cfg.Pacer,
 	}
 	if c.maxBody == 0 {
@@ -189,9 +187,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			// The secret's own source failed (a file gone or empty):
 			// nothing was sent. Its error names the file, never the
 			// content.
-			return token{}, &Error{Method: http.MethodPost, Path: tokenPath, Messages: []string{"the secret could not be read"}, Err: fmt.Errorf("%w: %w", ErrAuthentication, err)}
+			return token{}, &Error{Method: http.MethodPost, Path: TokenPath, Messages: []string{"the secret could not be read"}, Err: fmt.Errorf("%w: %w", ErrAuthentication, err)}
 		}
-		c.secrets.add(s)
+		c.secrets.Add(s)
 		grant := clientCredentials(cfg.ClientID, s)
 		if passwordGrant {
 			grant = passwordCredentials(cfg.ClientID, cfg.Email, s)
@@ -384,7 +382,7 @@ var _ rawDecoder = (*wire.CollectionPage)(nil)
 
 // mask replaces any secret the client holds in server-provided text.
 func (c *Client) mask(msgs []string, extra ...string) []string {
-	secrets := slices.Concat(c.secrets.list(), extra) // never append to the shared slice
+	secrets := append(c.secrets.List(), extra...) // List gives a slice of our own
 	for i, m := range msgs {
 		for _, s := range secrets {
 			if len(s) >= 4 {
@@ -427,28 +425,3 @@ func clipLocation(s string) string {
 // escapeSegment escapes one path segment (a collection hash is opaque
 // text from the user).
 func escapeSegment(s string) string { return url.PathEscape(s) }
-
-// secretSet is the secrets read lately (the current one and the one it
-// replaced), kept only to mask them in what the server says.
-type secretSet struct {
-	mu   sync.Mutex
-	last []string
-}
-
-func (s *secretSet) add(v string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.last) > 0 && s.last[len(s.last)-1] == v {
-		return
-	}
-	s.last = append(s.last, v)
-	if len(s.last) > 2 {
-		s.last = s.last[len(s.last)-2:]
-	}
-}
-
-func (s *secretSet) list() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.last)
-}

@@ -27,9 +27,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
-	"sync"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
@@ -98,8 +96,8 @@ type Client struct {
 	api     string   // base + APIPath
 	hc      *http.Client
 	tokens  *tokenCache
-	secrets *secretSet // only to scrub them from error texts
-	pacer   Pacer      // nil: none
+	secrets *redact.Secrets // only to scrub them from error texts
+	pacer   Pacer           // nil: none
 	maxBody int64
 	agent   string
 }
@@ -130,7 +128,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		base:    base,
 		api:     base.String() + APIPath,
 		hc:      hc,
-		secrets: &secretSet{},
+		secrets: &redact.Secrets{},
 		pacer:   cfg.Pacer,
 		maxBody: cfg.MaxBodyBytes,
 		agent:   cfg.UserAgent,
@@ -166,7 +164,7 @@ func (c *Client) readSecret(src func() (string, error)) func() (string, error) {
 		if s == "" {
 			return "", errors.New("the client secret is empty")
 		}
-		c.secrets.add(s)
+		c.secrets.Add(s)
 		return s, nil
 	}
 }
@@ -363,7 +361,7 @@ func (c *Client) send(ctx context.Context, k call, token string, out any) error 
 // carried, the one cached now) from what e says, in case a server or proxy
 // echoed them.
 func (c *Client) scrub(e *Error, sent string) {
-	secrets := append(c.secrets.list(), sent, c.tokens.current())
+	secrets := append(c.secrets.List(), sent, c.tokens.current())
 	for i, m := range e.Messages {
 		for _, s := range secrets {
 			if s != "" {
@@ -381,29 +379,4 @@ func (c *Client) scrub(e *Error, sent string) {
 			}
 		}
 	}
-}
-
-// secretSet is the client secrets read lately (the current one and the
-// one it replaced), kept only to scrub them from error texts.
-type secretSet struct {
-	mu   sync.Mutex
-	last []string
-}
-
-func (s *secretSet) add(v string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.last) > 0 && s.last[len(s.last)-1] == v {
-		return
-	}
-	s.last = append(s.last, v)
-	if len(s.last) > 2 {
-		s.last = s.last[len(s.last)-2:]
-	}
-}
-
-func (s *secretSet) list() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.last)
 }

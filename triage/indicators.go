@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -271,10 +272,7 @@ func (c *Client) ListIndicators(ctx context.Context, opts ListOptions) iter.Seq2
 // client's own query with page[number] set, on the base URL, whatever host
 // the page's links named.
 func (c *Client) nextCall(q url.Values, number int) (call, error) {
-	next := make(url.Values, len(q))
-	for k, v := range q {
-		next[k] = v
-	}
+	next := maps.Clone(q) // Set replaces page[number]'s slice, never changes q's
 	next.Set("page[number]", strconv.Itoa(number))
 	return c.newCall(http.MethodGet, indicatorsPath, next, nil)
 }

@@ -62,10 +62,31 @@ var ThreatQRoutes = []Route{
 
 // Operation names the operation of a request to a service with routes.
 func Operation(routes []Route, method, path string) string {
+	return compile(routes).operation(method, path)
+}
+
+// compiled are routes with their templates split into segments once,
+// rather than on every request a transport counts.
+type compiled []compiledRoute
+
+type compiledRoute struct {
+	method, operation string
+	tpl               []string
+}
+
+func compile(routes []Route) compiled {
+	out := make(compiled, len(routes))
+	for i, r := range routes {
+		out[i] = compiledRoute{method: r.Method, operation: r.Operation, tpl: split(r.Template)}
+	}
+	return out
+}
+
+func (rs compiled) operation(method, path string) string {
 	segs := split(path)
-	for _, r := range routes {
-		if r.Method == method && matchTail(split(r.Template), segs) {
-			return r.Operation
+	for _, r := range rs {
+		if r.method == method && matchTail(r.tpl, segs) {
+			return r.operation
 		}
 	}
 	return OpOther
@@ -129,19 +150,19 @@ func (m *Metrics) Wrap(service string, routes []Route) func(http.RoundTripper) h
 		if m == nil {
 			return base
 		}
-		return &transport{m: m, service: service, routes: routes, base: base}
+		return &transport{m: m, service: service, routes: compile(routes), base: base}
 	}
 }
 
 type transport struct {
 	m       *Metrics
 	service string
-	routes  []Route
+	routes  compiled
 	base    http.RoundTripper
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	op := Operation(t.routes, req.Method, req.URL.Path)
+	op := t.routes.operation(req.Method, req.URL.Path)
 	start := time.Now()
 	resp, err := t.base.RoundTrip(req)
 	t.m.duration.WithLabelValues(t.service, op).Observe(time.Since(start).Seconds())

@@ -2,7 +2,9 @@
 // operator may have put in a service's address, before the address goes
 // into an error or a log line: https://admin:pw@host/ becomes
 // https://***@host/. It works on anything that looks like a URL, a list of
-// them (NATS takes one, comma-separated) or text that holds them.
+// them (NATS takes one, comma-separated) or text that holds them. Secrets
+// keeps the secrets a client read lately, for it to hide in what a server
+// says.
 package redact
 
 import (
