@@ -287,12 +287,10 @@ func CheckRunID(id string) error {
 		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
 	}
 	if !ok {
-		return fmt.Errorf("run id %q: want 1 to %d letters, digits, '-' or '_'", clip(id, MaxRunIDLen+8), MaxRunIDLen)
+		return fmt.Errorf("run id %q: want 1 to %d letters, digits, '-' or '_'", clipUTF8(id, MaxRunIDLen+8), MaxRunIDLen)
 	}
 	return nil
 }
-
-func clip(s string, n int) string { return clipUTF8(s, n) }
 
 // ParseError says why a job cannot be worked on at all. Such a job goes to
 // tqtriage.dlq.invalid with its raw bytes and this reason.
@@ -356,7 +354,7 @@ func ParseJob(subject string, data []byte) (Job, error) {
 		return j, parseErr("run_id: %v", err)
 	}
 	if _, err := ParseAction(string(j.Action)); err != nil {
-		return j, parseErr("action %q: want create or update", clip(string(j.Action), maxQuotedInError))
+		return j, parseErr("action %q: want create or update", clipUTF8(string(j.Action), maxQuotedInError))
 	}
 	switch subject {
 	case "", JobSubject(j.Action):

@@ -112,19 +112,22 @@ func Follow(ctx context.Context, b Bus, id string, o FollowOptions) (*Tally, Rec
 		<-readErr
 		return &tally
 	}
+	// interrupted ends a Follow whose ctx ended: the run goes on.
+	interrupted := func() (*Tally, Record, error) {
+		p.show(line(), true)
+		return finish(), rec, fmt.Errorf("stopped waiting for run %s (it goes on; see `tqtriage status %s`): %w", id, id, ctx.Err())
+	}
 	tick := time.NewTicker(min(o.Every, 200*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			p.show(line(), true)
-			return finish(), rec, fmt.Errorf("stopped waiting for run %s (it goes on; see `tqtriage status %s`): %w", id, id, ctx.Err())
+			return interrupted()
 		case err := <-readErr:
 			readErr <- nil // for finish
 			if ctx.Err() != nil {
 				// Interrupted: the reader ended with it.
-				p.show(line(), true)
-				return finish(), rec, fmt.Errorf("stopped waiting for run %s (it goes on; see `tqtriage status %s`): %w", id, id, ctx.Err())
+				return interrupted()
 			}
 			if err == nil || errors.Is(err, context.Canceled) {
 				err = errors.New("results stream ended")

@@ -16,18 +16,10 @@ type snapshot struct {
 }
 
 func snapshotOf(t *Tally, rec Record, writtenBack bool) snapshot {
-	s := snapshot{done: int64(t.done), total: rec.Total, published: rec.Published}
+	s := snapshot{done: int64(t.done), total: rec.Total, published: rec.Published, counts: t.CountsText()}
 	if writtenBack && rec.Published && int64(t.done) >= rec.Total {
 		s.writing = t.awaiting
 	}
-	var b strings.Builder
-	for i, c := range t.Counts() {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "%s %d", c.Status, c.Count)
-	}
-	s.counts = b.String()
 	return s
 }
 

@@ -18,10 +18,18 @@ func (t *Tally) Line(total int64) string {
 	} else {
 		fmt.Fprintf(&b, "%d jobs", t.done)
 	}
+	if c := t.CountsText(); c != "" {
+		b.WriteString(": " + c)
+	}
+	return b.String()
+}
+
+// CountsText is the non-zero counts by status, in a summary's order:
+// "created 100, exists 20" ("" before any result).
+func (t *Tally) CountsText() string {
+	var b strings.Builder
 	for i, c := range t.Counts() {
-		if i == 0 {
-			b.WriteString(": ")
-		} else {
+		if i > 0 {
 			b.WriteString(", ")
 		}
 		fmt.Fprintf(&b, "%s %d", c.Status, c.Count)

@@ -124,41 +124,23 @@ func (w *Worker) plan(ctx context.Context, job message.Job, ind mapping.Indicato
 	return message.StatusWouldUpdate, "would set " + strings.Join(changes, ", ") + " of Triage indicator " + target.ID, target, nil
 }
 
-// target is the indicator update would write to, found as update finds
-// it: by the Triage id ThreatQ holds, else among our sources; and, when
-// the id's indicator has another source and one of the new source is
-// there, that one (update's put would meet the collision and write to it).
+// target is the indicator update would write to: ours, found as update
+// finds it; and, when that is the one of the id ThreatQ holds, of another
+// source, and one of the new source is there, that one (update's put
+// would meet the collision and write to it).
 func (w *Worker) target(ctx context.Context, job message.Job, ind mapping.Indicator, source string) (*triage.Indicator, error) {
-	if id := knownTriageID(job); id != "" {
-		got, err := w.reader.GetIndicator(ctx, id)
-		switch {
-		case err == nil && got.ThreatType == ind.ThreatType && got.ThreatValue == ind.ThreatValue:
-			if got.ThreatSource == source {
-				return got, nil
-			}
-			other, err := w.reader.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, source)
-			switch {
-			case err == nil:
-				return other, nil
-			case errors.Is(err, triage.ErrNotFound):
-				return got, nil
-			}
-			return nil, fmt.Errorf("find indicator: %w", err)
-		case err != nil && !errors.Is(err, triage.ErrNotFound):
-			return nil, fmt.Errorf("get indicator %s: %w", id, err)
-		}
+	found, byID, err := w.ours(ctx, w.reader, job, ind, source)
+	if err != nil || !byID || found.ThreatSource == source {
+		return found, err
 	}
-	for _, src := range ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource)) {
-		found, err := w.reader.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, src)
-		if errors.Is(err, triage.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("find indicator: %w", err)
-		}
+	other, err := w.reader.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, source)
+	switch {
+	case err == nil:
+		return other, nil
+	case errors.Is(err, triage.ErrNotFound):
 		return found, nil
 	}
-	return nil, triage.ErrNotFound
+	return nil, fmt.Errorf("find indicator: %w", err)
 }
 
 func wouldCreate(level, source string) string {

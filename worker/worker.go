@@ -321,44 +321,55 @@ func (w *Worker) create(ctx context.Context, ind mapping.Indicator, level, sourc
 	return message.StatusExists, found, nil
 }
 
-// update sets the level and source of our Triage indicator of ind; an
-// error matching triage.ErrNotFound when there is none. Ours is, in order:
+// update sets the level and source of our Triage indicator of ind (ours);
+// an error matching triage.ErrNotFound when there is none.
+func (w *Worker) update(ctx context.Context, job message.Job, ind mapping.Indicator, level, source string) (*triage.Indicator, error) {
+	found, _, err := w.ours(ctx, w.triage, job, ind, source)
+	if err != nil {
+		return nil, err
+	}
+	return w.put(ctx, found.ID, ind, level, source)
+}
+
+// ours finds, through r, our Triage indicator of ind: the one update
+// writes to, and a dry run reads (dryrun.go). Ours is, in order:
 //
 //   - the indicator of the Triage id that ThreatQ holds for this one (its
 //     ID attribute, written back at create), while it exists and is of
-//     this type and value: read by id rather than looked up;
+//     this type and value: read by id rather than looked up (byID);
 //   - else the indicator of this type and value whose source is ours: the
 //     job's source, the worker's configured one, or the one ThreatQ
 //     recorded (the source an earlier update set).
 //
 // An indicator of another source is not looked for: where Triage keeps
-// one per source, with only a foreign one present there is none of ours.
-// The id is read before it is written to because a job is input: its
-// attributes must not be able to point an update at any indicator.
-func (w *Worker) update(ctx context.Context, job message.Job, ind mapping.Indicator, level, source string) (*triage.Indicator, error) {
+// one per source, with only a foreign one present there is none of ours
+// (an error matching triage.ErrNotFound). The id is read before it is
+// written to because a job is input: its attributes must not be able to
+// point an update at any indicator.
+func (w *Worker) ours(ctx context.Context, r Reader, job message.Job, ind mapping.Indicator, source string) (found *triage.Indicator, byID bool, err error) {
 	if id := knownTriageID(job); id != "" {
-		got, err := w.triage.GetIndicator(ctx, id)
+		got, err := r.GetIndicator(ctx, id)
 		switch {
 		case err == nil && got.ThreatType == ind.ThreatType && got.ThreatValue == ind.ThreatValue:
-			return w.put(ctx, got.ID, ind, level, source)
+			return got, true, nil
 		case err == nil:
 			zerolog.Ctx(ctx).Warn().Str("triage_id", id).Msg("ThreatQ's ID attribute names a Triage indicator of another type or value; looking up this one's")
 		case !errors.Is(err, triage.ErrNotFound):
-			return nil, fmt.Errorf("get indicator %s: %w", id, err)
+			return nil, false, fmt.Errorf("get indicator %s: %w", id, err)
 		}
 	}
 	sources := ourSources(source, w.cfg.ThreatSource, job.Attribute(mapping.AttrThreatSource))
 	for _, src := range sources {
-		found, err := w.triage.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, src)
+		found, err := r.FindIndicator(ctx, ind.ThreatType, ind.ThreatValue, src)
 		if errors.Is(err, triage.ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("find indicator: %w", err)
+			return nil, false, fmt.Errorf("find indicator: %w", err)
 		}
-		return w.put(ctx, found.ID, ind, level, source)
+		return found, false, nil
 	}
-	return nil, &triage.Error{Kind: triage.KindNotFound, Method: "GET", Path: "/threat_indicators",
+	return nil, false, &triage.Error{Kind: triage.KindNotFound, Method: "GET", Path: "/threat_indicators",
 		Messages: []string{"no indicator of this type and value from " + strings.Join(sources, " or ")}}
 }
 

@@ -430,13 +430,11 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if s.boolean("json") {
 		return run.NewReport(rec, tally).Write(stdout)
 	}
-	state := "complete"
-	switch {
-	case !rec.Published:
-		state = "publishing"
-	case int64(tally.Done()) < rec.Total:
+	state := tally.State(rec) // publishing and complete say enough as they are
+	switch state {
+	case "in_progress":
 		state = fmt.Sprintf("in progress: %d of %d jobs have a result", tally.Done(), rec.Total)
-	case tally.AwaitingWriteback() > 0:
+	case "writing_back":
 		state = fmt.Sprintf("every job has a result; %d still to be written back to ThreatQ", tally.AwaitingWriteback())
 	}
 	tally.Summary(stdout, run.Header(rec)+"\n  started "+rec.StartedAt.Local().Format(time.DateTime)+"; "+state, rec.Total)

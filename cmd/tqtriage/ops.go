@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/tqtriage/tqtriage/bus"
@@ -132,14 +131,10 @@ func cmdRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // countsText is "created 31, exists 8, invalid 1".
 func countsText(t *run.Tally) string {
-	var parts []string
-	for _, c := range t.Counts() {
-		parts = append(parts, fmt.Sprintf("%s %d", c.Status, c.Count))
+	if c := t.CountsText(); c != "" {
+		return c
 	}
-	if len(parts) == 0 {
-		return "no results yet"
-	}
-	return strings.Join(parts, ", ")
+	return "no results yet"
 }
 
 // Bounds of a dead letter printed as JSON: whatever its headers and data
