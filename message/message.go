@@ -14,7 +14,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 )
 
 // Version is the contract version written in every job and result.
@@ -287,7 +288,7 @@ func CheckRunID(id string) error {
 		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_'
 	}
 	if !ok {
-		return fmt.Errorf("run id %q: want 1 to %d letters, digits, '-' or '_'", clipUTF8(id, MaxRunIDLen+8), MaxRunIDLen)
+		return fmt.Errorf("run id %q: want 1 to %d letters, digits, '-' or '_'", termsafe.Clip(id, MaxRunIDLen+8), MaxRunIDLen)
 	}
 	return nil
 }
@@ -354,7 +355,7 @@ func ParseJob(subject string, data []byte) (Job, error) {
 		return j, parseErr("run_id: %v", err)
 	}
 	if _, err := ParseAction(string(j.Action)); err != nil {
-		return j, parseErr("action %q: want create or update", clipUTF8(string(j.Action), maxQuotedInError))
+		return j, parseErr("action %q: want create or update", termsafe.Clip(string(j.Action), maxQuotedInError))
 	}
 	switch subject {
 	case "", JobSubject(j.Action):
@@ -449,9 +450,9 @@ const (
 // counts a result beyond its run's jobs apart.
 func NewResult(j Job, status Status, reason string) Result {
 	ind := j.Indicator
-	ind.Type = clipUTF8(ind.Type, maxResultType)
+	ind.Type = termsafe.Clip(ind.Type, maxResultType)
 	if status == StatusInvalid {
-		ind.Value = clipUTF8(ind.Value, maxResultValue)
+		ind.Value = termsafe.Clip(ind.Value, maxResultValue)
 	}
 	return Result{V: Version, RunID: j.RunID, Action: j.Action, Seq: j.Seq, Indicator: ind, Status: status, Reason: reason, DryRun: j.DryRun}
 }
@@ -466,18 +467,6 @@ func Encode(v any) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
-
-// clipUTF8 cuts s to at most n bytes on a rune boundary, marking the cut.
-func clipUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n - len("…")
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 // Receipt says that write-back has settled one stored result: written to

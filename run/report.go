@@ -105,9 +105,9 @@ func (g *reasons) add(r message.Result) {
 	default:
 		return
 	}
-	reason := clip(r.Reason, maxReasonBytes-len("…"))
+	reason := termsafe.Clip(r.Reason, maxReasonBytes)
 	ind := r.Indicator
-	ind.Value = clip(ind.Value, maxExampleValue-len("…"))
+	ind.Value = termsafe.Clip(ind.Value, maxExampleValue)
 	for i := range g.groups {
 		if gr := &g.groups[i]; gr.Status == r.Status && gr.Reason == reason {
 			gr.Count++
@@ -172,7 +172,7 @@ func NewReport(rec Record, t *Tally) Report {
 	}
 	for _, rc := range t.wbErrors {
 		if t.get(rc.Seq, rc.Indicator)&wbFailBit != 0 {
-			r.WriteBack.Errors = append(r.WriteBack.Errors, WriteBackFailure{Indicator: rc.Indicator, Reason: clip(rc.Reason, maxReasonBytes-len("…"))})
+			r.WriteBack.Errors = append(r.WriteBack.Errors, WriteBackFailure{Indicator: rc.Indicator, Reason: termsafe.Clip(rc.Reason, maxReasonBytes)})
 		}
 	}
 	return r

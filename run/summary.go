@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
@@ -128,7 +127,7 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 		}
 		fmt.Fprintf(w, "  %s, for example:\n", s)
 		for _, r := range still {
-			fmt.Fprintf(w, "    indicator %d (%s %q): %s\n", r.Indicator.ID, termsafe.Line(r.Indicator.Type), clip(r.Indicator.Value, 80), termsafe.Line(r.Reason))
+			fmt.Fprintf(w, "    indicator %d (%s %q): %s\n", r.Indicator.ID, termsafe.Line(r.Indicator.Type), termsafe.Clip(r.Indicator.Value, 80), termsafe.Line(r.Reason))
 		}
 	}
 	if t.stale > 0 {
@@ -148,15 +147,4 @@ func (t *Tally) Summary(w io.Writer, header string, total int64) {
 // failed, a write-back could not be done, or publishing stopped early.
 func (t *Tally) Failed(r Record) bool {
 	return t.Count(message.StatusFailed) > 0 || t.wbFailed > 0 || r.Error != ""
-}
-
-// clip cuts s to n bytes on a rune boundary; %q then escapes the rest.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/tqtriage/tqtriage/internal/httpclient"
 	"github.com/tqtriage/tqtriage/internal/redact"
 	"github.com/tqtriage/tqtriage/internal/retry"
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
 
@@ -347,7 +348,7 @@ func (c *Client) read(resp *http.Response, method, path string, out any) error {
 			RetryAfterDelay: httpclient.RetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		}
 		if loc := resp.Header.Get("Location"); resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "" {
-			e.Messages = append(e.Messages, "redirected to "+redact.URL(clipLocation(loc))+": not followed")
+			e.Messages = append(e.Messages, "redirected to "+redact.URL(termsafe.Clip(loc, 200))+": not followed")
 		}
 		return e
 	}
@@ -414,13 +415,6 @@ type maskedError struct {
 
 func (m *maskedError) Error() string { return m.msg }
 func (m *maskedError) Unwrap() error { return m.err }
-
-func clipLocation(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "…"
-	}
-	return s
-}
 
 // escapeSegment escapes one path segment (a collection hash is opaque
 // text from the user).

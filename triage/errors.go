@@ -8,10 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
 	"github.com/tqtriage/tqtriage/internal/redact"
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/triage/internal/wire"
 )
 
@@ -209,7 +209,7 @@ func CheckResponse(resp *http.Response, body []byte, method, path string) error 
 		// token must not travel to another host): name where it pointed.
 		e.Kind = KindBadResponse
 		if loc := resp.Header.Get("Location"); loc != "" {
-			e.Messages = []string{"unexpected redirect to " + redact.URL(clip(loc))}
+			e.Messages = []string{"unexpected redirect to " + redact.URL(clipMessage(loc))}
 		}
 	}
 	if msgs := errorMessages(body); len(msgs) > 0 {
@@ -238,11 +238,11 @@ func errorMessages(body []byte) []string {
 			break
 		}
 		if m := o.Message(); m != "" {
-			msgs = append(msgs, clip(m))
+			msgs = append(msgs, clipMessage(m))
 		}
 	}
 	if len(msgs) == 0 && eb.Error != "" {
-		msgs = append(msgs, clip(joinNonEmpty(eb.Error, eb.ErrorDescription)))
+		msgs = append(msgs, clipMessage(joinNonEmpty(eb.Error, eb.ErrorDescription)))
 	}
 	return msgs
 }
@@ -262,7 +262,7 @@ func bearerError(h string) []string {
 		}
 	}
 	if m := joinNonEmpty(params["error"], params["error_description"]); m != "" {
-		return []string{clip(m)}
+		return []string{clipMessage(m)}
 	}
 	return nil
 }
@@ -277,14 +277,5 @@ func joinNonEmpty(a, b string) string {
 	return a + ": " + b
 }
 
-func clip(s string) string {
-	if len(s) <= maxMessageLen {
-		return s
-	}
-	// Cut on a rune boundary so the message stays valid UTF-8.
-	cut := maxMessageLen
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
+// clipMessage bounds a message taken from an answer.
+func clipMessage(s string) string { return termsafe.Clip(s, maxMessageLen) }

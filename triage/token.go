@@ -166,7 +166,7 @@ func tokenError(err error, path string) *Error {
 	if e == nil {
 		// A 2xx carrying an OAuth error parameter: refused all the same.
 		e = &Error{StatusCode: re.Response.StatusCode, Method: http.MethodPost, Path: path,
-			Messages: []string{clip(joinNonEmpty(re.ErrorCode, re.ErrorDescription))}}
+			Messages: []string{clipMessage(joinNonEmpty(re.ErrorCode, re.ErrorDescription))}}
 	}
 	// Doorkeeper refuses bad credentials with 401 invalid_client, and a bad
 	// grant with 400 (RFC 6749 5.2): no retry fixes either.

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -518,19 +517,9 @@ func cmdDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	err = b.ListDLQ(ctx, kind, func(d bus.DeadLetter) bool {
 		n++
 		fmt.Fprintf(stdout, "%d\t%s\t%s\trun=%s\tdeliveries=%s\t%s\n\t%s\n", d.Seq, d.Time.Local().Format(time.DateTime), termsafe.Line(d.Subject),
-			termsafe.Line(d.RunID), termsafe.Line(d.Deliveries), termsafe.Line(d.Reason), termsafe.Line(clip(string(d.Data), 300)))
+			termsafe.Line(d.RunID), termsafe.Line(d.Deliveries), termsafe.Line(d.Reason), termsafe.Line(termsafe.Clip(string(d.Data), 300)))
 		return true
 	})
 	fmt.Fprintf(stdout, "%d dead letters\n", n)
 	return err
-}
-
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
 }

@@ -165,9 +165,9 @@ type deadLetterJSON struct {
 
 func writeDeadLetterJSON(w io.Writer, d bus.DeadLetter) error {
 	j := deadLetterJSON{
-		Seq: d.Seq, Time: d.Time.UTC(), Subject: clip(d.Subject, maxJSONHeader), Source: clip(d.Source, maxJSONHeader),
-		RunID: clip(d.RunID, maxJSONHeader), Reason: clip(d.Reason, maxJSONHeader), MsgID: clip(d.MsgID, maxJSONHeader),
-		Truncated: d.Truncated, Size: len(d.Data), Data: clip(string(d.Data), maxJSONData), DataClipped: len(d.Data) > maxJSONData,
+		Seq: d.Seq, Time: d.Time.UTC(), Subject: termsafe.Clip(d.Subject, maxJSONHeader), Source: termsafe.Clip(d.Source, maxJSONHeader),
+		RunID: termsafe.Clip(d.RunID, maxJSONHeader), Reason: termsafe.Clip(d.Reason, maxJSONHeader), MsgID: termsafe.Clip(d.MsgID, maxJSONHeader),
+		Truncated: d.Truncated, Size: len(d.Data), Data: termsafe.Clip(string(d.Data), maxJSONData), DataClipped: len(d.Data) > maxJSONData,
 	}
 	if n, err := strconv.ParseInt(d.Deliveries, 10, 64); err == nil {
 		j.Deliveries = &n

@@ -115,3 +115,19 @@ func JSON(data []byte) []byte {
 	}
 	return out
 }
+
+// Clip cuts s to at most n bytes, on a rune boundary, ending a cut with
+// "…" (counted in the n): a bound on text from outside that keeps valid
+// UTF-8 valid. s is returned whole when it fits.
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := max(0, n-len(ellipsis))
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + ellipsis
+}
+
+const ellipsis = "…"

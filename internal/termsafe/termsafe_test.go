@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestLineEscapesWhatCouldRewriteATerminal(t *testing.T) {
@@ -44,5 +45,24 @@ func TestJSONEscapesWhatItsEncoderLeftRaw(t *testing.T) {
 	}
 	if plain := []byte(`{"a":"b"}`); &JSON(plain)[0] != &plain[0] {
 		t.Error("plain JSON copied")
+	}
+}
+
+func TestClipCutsOnARuneBoundaryWithinTheBound(t *testing.T) {
+	for _, c := range []struct {
+		s    string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"exactly10!", 10, "exactly10!"},
+		{"eleven byte", 10, "eleven …"},
+		{"ééééé", 6, "é…"}, // 10 bytes; a cut at 3 would split an é
+		{"abc", 0, "…"},
+	} {
+		got := Clip(c.s, c.n)
+		if got != c.want || !utf8.ValidString(got) || len(got) > max(c.n, len("…")) {
+			t.Errorf("Clip(%q, %d) = %q; want %q", c.s, c.n, got, c.want)
+		}
 	}
 }

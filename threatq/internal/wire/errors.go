@@ -6,7 +6,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 )
 
 // ParseErrorBody returns the messages of a ThreatQ error body, in a stable
@@ -117,17 +118,7 @@ func appendMessages(msgs []string, field string, raw json.RawMessage) []string {
 }
 
 func snippet(s string) string {
-	const max = 200
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > max {
-		// Cut on a rune boundary.
-		cut := max
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
-	}
-	return s
+	return termsafe.Clip(strings.Join(strings.Fields(s), " "), 200)
 }
 
 // errorsKey is what a body must hold for AnswerErrors to look further: a
