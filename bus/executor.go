@@ -549,14 +549,12 @@ func (b *Bus) ConsumerState(ctx context.Context, durable string) (ConsumerState,
 	if err != nil {
 		return ConsumerState{}, err
 	}
+	// Looking the consumer up fetches its info: one request, not two.
 	c, err := s.Consumer(ctx, durable)
 	if err != nil {
 		return ConsumerState{}, fmt.Errorf("consumer %s: %w", durable, err)
 	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return ConsumerState{}, fmt.Errorf("consumer %s: %w", durable, err)
-	}
+	info := c.CachedInfo()
 	return ConsumerState{
 		Pending: info.NumPending, AckPending: info.NumAckPending, AckFloor: info.AckFloor.Stream,
 		AckWait: info.Config.AckWait, MaxDeliver: info.Config.MaxDeliver,
