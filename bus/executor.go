@@ -538,7 +538,6 @@ func (b *Bus) durableStream(durable string) (jetstream.Stream, error) {
 type ConsumerState struct {
 	Pending    uint64        // stored messages not yet delivered
 	AckPending int           // delivered, not yet acknowledged
-	AckFloor   uint64        // stream sequence below which all is acknowledged
 	AckWait    time.Duration // its ack deadline
 	MaxDeliver int           // its server-side delivery limit (-1: none)
 }
@@ -556,7 +555,7 @@ func (b *Bus) ConsumerState(ctx context.Context, durable string) (ConsumerState,
 	}
 	info := c.CachedInfo()
 	return ConsumerState{
-		Pending: info.NumPending, AckPending: info.NumAckPending, AckFloor: info.AckFloor.Stream,
+		Pending: info.NumPending, AckPending: info.NumAckPending,
 		AckWait: info.Config.AckWait, MaxDeliver: info.Config.MaxDeliver,
 	}, nil
 }
