@@ -538,7 +538,6 @@ func (b *Bus) durableStream(durable string) (jetstream.Stream, error) {
 type ConsumerState struct {
 	Pending    uint64        // stored messages not yet delivered
 	AckPending int           // delivered, not yet acknowledged
-	AckFloor   uint64        // stream sequence below which all is acknowledged
 	AckWait    time.Duration // its ack deadline
 	MaxDeliver int           // its server-side delivery limit (-1: none)
 }
@@ -549,16 +548,14 @@ func (b *Bus) ConsumerState(ctx context.Context, durable string) (ConsumerState,
 	if err != nil {
 		return ConsumerState{}, err
 	}
+	// Looking the consumer up fetches its info: one request, not two.
 	c, err := s.Consumer(ctx, durable)
 	if err != nil {
 		return ConsumerState{}, fmt.Errorf("consumer %s: %w", durable, err)
 	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return ConsumerState{}, fmt.Errorf("consumer %s: %w", durable, err)
-	}
+	info := c.CachedInfo()
 	return ConsumerState{
-		Pending: info.NumPending, AckPending: info.NumAckPending, AckFloor: info.AckFloor.Stream,
+		Pending: info.NumPending, AckPending: info.NumAckPending,
 		AckWait: info.Config.AckWait, MaxDeliver: info.Config.MaxDeliver,
 	}, nil
 }

@@ -89,10 +89,6 @@ func (f future) Wait(ctx context.Context) (PubAck, error) {
 	}
 }
 
-// PublishAsyncComplete is closed when every asynchronous publish so far is
-// acknowledged or failed.
-func (b *Bus) PublishAsyncComplete() <-chan struct{} { return b.js.PublishAsyncComplete() }
-
 // transientError marks a failure of the bus (a timeout, a lost connection)
 // as worth another try: the message's own fate is not decided by it.
 type transientError struct{ error }
