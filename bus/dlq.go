@@ -8,11 +8,11 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 	"github.com/tqtriage/tqtriage/message"
 )
 
@@ -64,20 +64,12 @@ func deadLetterHeader(m jetstream.Msg, md *jetstream.MsgMetadata, runID, reason 
 
 // headerValue is s on one line of printable text, at most n bytes.
 func headerValue(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
+	return termsafe.Clip(strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
 			return ' '
 		}
 		return r
-	}, strings.ToValidUTF8(s, "?"))
-	if len(s) > n {
-		cut := n - len("…")
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
-	}
-	return s
+	}, strings.ToValidUTF8(s, "?")), n)
 }
 
 // storeDeadLetter stores m on subject with the headers of
