@@ -45,6 +45,12 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// BENCH_BIN measures another build (an earlier commit's, say) with the
+	// same benchmarks: compare it with this tree's within one session.
+	if b := os.Getenv("BENCH_BIN"); b != "" {
+		bin = b
+		return m.Run()
+	}
 	bin = filepath.Join(dir, "tqtriage")
 	build := exec.Command("go", "build", "-o", bin, "../cmd/tqtriage")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
