@@ -262,7 +262,8 @@ func BenchmarkFleetBudget(b *testing.B) {
 
 // BenchmarkWritebackRequests: the ThreatQ requests write-back makes per
 // indicator, counted by the run's report (the collection's reading and
-// tokens left out): a create writes its three attributes; an update
+// tokens left out): a create adds its three attributes (in one request,
+// an array); an update
 // changes the rows the collection read brought along; the same update
 // again finds ThreatQ holding what it would write, and writes nothing.
 func BenchmarkWritebackRequests(b *testing.B) {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/tqtriage/tqtriage/threatq/internal/wire"
 )
@@ -66,8 +67,8 @@ func attributesPath(indicatorID int64) string {
 
 // SetAttributes makes each named attribute of the indicator hold exactly
 // the given value, with this client's attribute source: one list request,
-// then only the writes that change something. A name that is absent is
-// added (POST); a name present with another value has its row changed in
+// then only the writes that change something. The names that are absent
+// are added (one POST, of an array when there are several); a name present with another value has its row changed in
 // place (PUT), keeping the row's id; further rows of the same name are
 // removed (DELETE). Attributes not named in attrs are left alone. Running
 // it twice with the same attrs sends no write the second time.
@@ -89,8 +90,8 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 
 // SetAttributesKnown is SetAttributes with the indicator's rows as the
 // caller read them (with the collection: AttributeRow), instead of a list
-// request first: a create's attributes cost a POST each, an update's a PUT
-// each, and values that did not change nothing. rows must hold every row
+// request first: a create's attributes cost one POST (of an array), an
+// update's a PUT each, and values that did not change nothing. rows must hold every row
 // of the names in attrs that the indicator had when read (none: an empty
 // slice). A row that has gone since (a PUT or DELETE answered 404) makes
 // it list the rows and try once more.
@@ -141,6 +142,16 @@ func (c *Client) setAttributes(ctx context.Context, indicatorID int64, attrs []A
 		slices.SortStableFunc(rs, func(a, b wire.AttributeRow) int { return cmp.Compare(a.ID, b.ID) })
 	}
 	var errs []error
+	// The names the indicator has no row of are added together, in one
+	// request, where ThreatQ takes an array (a create's three attributes:
+	// one POST, not three); the rest are changed one by one.
+	added, refused, err := c.addAll(ctx, indicatorID, attrs, byName)
+	if err != nil {
+		return fmt.Errorf("set attributes of indicator %d: %w", indicatorID, err)
+	}
+	if added {
+		attrs = slices.DeleteFunc(slices.Clone(attrs), func(a Attribute) bool { return len(byName[a.Name]) == 0 })
+	}
 	for _, a := range attrs {
 		if err := c.setOne(ctx, indicatorID, a, byName[a.Name]); err != nil {
 			errs = append(errs, err)
@@ -154,15 +165,65 @@ func (c *Client) setAttributes(ctx context.Context, indicatorID int64, attrs []A
 	if len(errs) > 0 {
 		return fmt.Errorf("set attributes of indicator %d: %w", indicatorID, errors.Join(errs...))
 	}
+	if refused {
+		// The array was refused and the same attributes one by one
+		// were taken: this ThreatQ takes no arrays.
+		c.noArrays.Store(true)
+	}
 	return nil
+}
+
+// addAll adds, in one POST of an array, every attribute of attrs the
+// indicator has no row of, when there are two or more and ThreatQ is not
+// known to refuse arrays. added says it did; refused, that the array was
+// answered with a client error, and setOne is to add them one by one.
+//
+// docs/api.md: ThreatQ takes an array of attribute objects, while every
+// known integration sends one object a request. So an array answered
+// with a client error (400, 415 or 422: not an authorisation, a missing
+// indicator or a rate limit) is not taken as final: the attributes go one
+// object a request, and if those are all taken, this instance is one
+// that refuses arrays, and the client sends none again.
+func (c *Client) addAll(ctx context.Context, indicatorID int64, attrs []Attribute, rows map[string][]wire.AttributeRow) (added, refused bool, err error) {
+	if c.noArrays.Load() {
+		return false, false, nil
+	}
+	var body []attributeBody
+	for _, a := range attrs {
+		if len(rows[a.Name]) == 0 {
+			body = append(body, attributeBody{Name: a.Name, Value: a.Value, Sources: []wire.Source{{Name: c.source}}})
+		}
+	}
+	if len(body) < 2 {
+		return false, false, nil
+	}
+	err = c.do(ctx, call{method: http.MethodPost, path: attributesPath(indicatorID), body: body}, nil)
+	var e *Error
+	if errors.As(err, &e) && !e.InBody && arrayRefusal(e.StatusCode) {
+		return false, true, nil
+	}
+	if err != nil {
+		names := make([]string, len(body))
+		for i, b := range body {
+			names[i] = strconv.Quote(b.Name)
+		}
+		return false, false, fmt.Errorf("add %s: %w", strings.Join(names, ", "), err)
+	}
+	return true, false, nil
+}
+
+// arrayRefusal is a status with which a ThreatQ that does not take an
+// array of attributes might answer one.
+func arrayRefusal(status int) bool {
+	return status == http.StatusBadRequest || status == http.StatusUnsupportedMediaType || status == http.StatusUnprocessableEntity
 }
 
 // setOne brings the rows of one name to the single value of a.
 func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, rows []wire.AttributeRow) error {
 	path := attributesPath(indicatorID)
 	if len(rows) == 0 {
-		// One object per request: the single-object body is the one every
-		// known integration sends (arrays are said to work but are unproven).
+		// One object: a single name to add, or a ThreatQ that refused
+		// the array (addAll).
 		body := attributeBody{Name: a.Name, Value: a.Value, Sources: []wire.Source{{Name: c.source}}}
 		if err := c.do(ctx, call{method: http.MethodPost, path: path, body: body}, nil); err != nil {
 			return fmt.Errorf("add %q: %w", a.Name, err)

@@ -427,8 +427,70 @@ func TestSetAttributesAddsAbsentNamesWithTheConfiguredSource(t *testing.T) {
 	if got[0].Name != "Country" || got[0].Value != "US" {
 		t.Fatalf("an attribute not named was touched: %+v", got[0])
 	}
-	if n := sim.Counts(); n.AttributeLists != 1 || n.AttributeAdds != 2 || n.AttributeChanges != 0 {
+	// Both absent names go in one POST of an array.
+	if n := sim.Counts(); n.AttributeLists != 1 || n.AttributeAdds != 1 || n.AttributeChanges != 0 {
 		t.Fatalf("counts %+v", n)
+	}
+}
+
+// A ThreatQ that refuses an array of attributes gets them one a request,
+// and no array again from that client; what is written is the same.
+func TestSetAttributesFallsBackToOneAddARequestWhereArraysAreRefused(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{NoAttributeArrays: true})
+	ids := sim.AddCollection("h", "n", []threatqsim.SeedIndicator{
+		{Type: "SHA-256", Value: strings.Repeat("ab", 32)},
+		{Type: "SHA-256", Value: strings.Repeat("cd", 32)},
+	})
+	c := newClient(t, url, nil)
+	attrs := []threatq.Attribute{{Name: "Threat Level", Value: "Malicious"}, {Name: "ID", Value: "325"}, {Name: "Threat Source", Value: "ThreatQ"}}
+	if err := c.SetAttributesKnown(t.Context(), ids[0], attrs, []threatq.AttributeRow{}); err != nil {
+		t.Fatal(err)
+	}
+	// The refused array, then three single adds.
+	if n := sim.Counts(); n.AttributeAdds != 4 || n.AttributeLists != 0 {
+		t.Fatalf("first indicator: counts %+v, want the array and three adds", n)
+	}
+	sim.ResetCounts()
+	if err := c.SetAttributesKnown(t.Context(), ids[1], attrs, []threatq.AttributeRow{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sim.Counts(); n.AttributeAdds != 3 {
+		t.Fatalf("second indicator: counts %+v, want three adds and no array", n)
+	}
+	for _, id := range ids {
+		got := sim.Attributes(id)
+		if len(got) != 3 {
+			t.Fatalf("indicator %d: attributes %+v", id, got)
+		}
+		for i, a := range got {
+			if a.Name != attrs[i].Name || a.Value != attrs[i].Value {
+				t.Fatalf("indicator %d: attributes %+v, want %+v", id, got, attrs)
+			}
+		}
+	}
+}
+
+// An array refused for what it holds (a value ThreatQ will not take) is
+// not the form refused: the single adds fail the same way, and the
+// client goes on sending arrays.
+func TestSetAttributesKeepsArraysWhenTheSingleAddsFailToo(t *testing.T) {
+	sim, url := startSim(t, threatqsim.Options{})
+	ids := sim.AddCollection("h", "n", []threatqsim.SeedIndicator{
+		{Type: "SHA-256", Value: strings.Repeat("ab", 32)},
+		{Type: "SHA-256", Value: strings.Repeat("cd", 32)},
+	})
+	c := newClient(t, url, nil)
+	attrs := []threatq.Attribute{{Name: "Threat Level", Value: "Malicious"}, {Name: "ID", Value: "325"}}
+	sim.FailNext(2, http.StatusUnprocessableEntity)
+	if err := c.SetAttributesKnown(t.Context(), ids[0], attrs, []threatq.AttributeRow{}); err == nil {
+		t.Fatal("no error")
+	}
+	sim.ResetCounts()
+	if err := c.SetAttributesKnown(t.Context(), ids[1], attrs, []threatq.AttributeRow{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sim.Counts(); n.AttributeAdds != 1 {
+		t.Fatalf("counts %+v, want one array", n)
 	}
 }
 
@@ -945,8 +1007,11 @@ func TestSetAttributesKnownSkipsTheListing(t *testing.T) {
 	if err := c.SetAttributesKnown(ctx, id, created, []threatq.AttributeRow{}); err != nil {
 		t.Fatal(err)
 	}
-	if n := sim.Counts(); n.AttributeLists != 0 || n.AttributeAdds != 3 || n.Requests-n.TokenRequests != 3 {
-		t.Fatalf("create: %+v; want three POSTs and no list", n)
+	if n := sim.Counts(); n.AttributeLists != 0 || n.AttributeAdds != 1 || n.Requests-n.TokenRequests != 1 {
+		t.Fatalf("create: %+v; want one POST (an array of three) and no list", n)
+	}
+	if got := sim.Attributes(id); len(got) != 3 {
+		t.Fatalf("create: attributes %+v", got)
 	}
 	sim.ResetCounts()
 	updated := []threatq.Attribute{{Name: "Threat Level", Value: "Benign"}, {Name: "Threat Source", Value: "SOC feed"}}

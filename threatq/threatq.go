@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqtriage/tqtriage/internal/httpclient"
@@ -113,6 +114,9 @@ type Client struct {
 	secrets   *redact.Secrets // masked in every message read from the server
 	pacer     Pacer           // nil: none
 	tokens    *tokenCache
+	// noArrays: this ThreatQ refused an array of attributes and took
+	// them one by one (addAll); it is sent one a request from now on.
+	noArrays atomic.Bool
 }
 
 // New checks cfg and returns a client. It does not contact ThreatQ (Ping

@@ -474,6 +474,10 @@ func (s *Server) addAttributes(w http.ResponseWriter, r *http.Request, subject s
 	}
 	body = bytes.TrimSpace(body)
 	array := len(body) > 0 && body[0] == '['
+	if array && s.creds.NoAttributeArrays {
+		writeFieldErrors(w, map[string][]string{"name": {"The name field is required."}, "value": {"The value field is required."}})
+		return
+	}
 	var inputs []attributeInput
 	if array {
 		err = json.Unmarshal(body, &inputs)

@@ -67,6 +67,11 @@ type Options struct {
 	// also do with the listing of saved searches, which ThreatQuotient's
 	// SDK uses.
 	NoSearchByHash bool
+	// NoAttributeArrays makes POST /api/indicators/{id}/attributes refuse
+	// an array of attributes as a form validator would (422, "The name
+	// field is required."): API.md says ThreatQ takes one, but every
+	// known integration sends one object a request.
+	NoAttributeArrays bool
 }
 
 // Defaults of Options.
