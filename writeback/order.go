@@ -97,9 +97,20 @@ func (w *Writer) inOrder(ctx context.Context, r message.Result, a bus.Attempt, a
 		return fail(err)
 	}
 	at := answeredAt(r, a)
+	// An indicator the run read without any of these attributes has most
+	// likely never been written back: its entry is created without being
+	// read first (a request saved); if one was there after all, the
+	// create fails and the entry is read.
+	guessNone := neverWritten(r, attrs)
 	for range orderTries {
-		cur, rev, err := ord.o.LastApplied(ctx, id)
-		if err != nil {
+		var (
+			cur bus.Applied
+			rev uint64
+			err error
+		)
+		if guessNone {
+			guessNone = false
+		} else if cur, rev, err = ord.o.LastApplied(ctx, id); err != nil {
 			unlock()
 			return fail(err)
 		}
@@ -149,6 +160,22 @@ func (w *Writer) inOrder(ctx context.Context, r message.Result, a bus.Attempt, a
 	}
 	unlock()
 	return fail(orderBusy{id})
+}
+
+// neverWritten says whether the run read r's indicator from ThreatQ
+// without a row of any of attrs' names: nothing of write-back's was there.
+func neverWritten(r message.Result, attrs []threatq.Attribute) bool {
+	if !r.ThreatQKnown {
+		return false
+	}
+	for _, row := range r.ThreatQAttributes {
+		for _, a := range attrs {
+			if row.Name == a.Name {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // orderBusy: other replicas kept changing the indicator's entry; worth

@@ -25,6 +25,7 @@ type fakeOrder struct {
 	entries   map[int64]bus.Applied
 	revs      map[int64]uint64
 	sets      int
+	reads     int
 	readErr   error
 	beforeSet func(o *fakeOrder, id int64)
 }
@@ -36,6 +37,7 @@ func newOrder() *fakeOrder {
 func (o *fakeOrder) LastApplied(_ context.Context, id int64) (bus.Applied, uint64, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.reads++
 	if o.readErr != nil {
 		return nil, 0, o.readErr
 	}
@@ -112,6 +114,44 @@ func TestAnOlderResultIsStaleAndWritesNothing(t *testing.T) {
 	}
 	if got := o.get(42); len(got) != 3 || !got["ID"].Equal(t0.Add(time.Minute)) {
 		t.Fatalf("entry %v; want the newer time for each name", got)
+	}
+}
+
+// TestAnIndicatorReadWithoutOurAttributesIsNotLookedUp: a result whose
+// run read the indicator with none of the attributes it writes creates
+// the indicator's entry without reading it first. Where an entry is there
+// after all (a run that overlapped wrote since the read), the create
+// fails, the entry is read, and the order holds.
+func TestAnIndicatorReadWithoutOurAttributesIsNotLookedUp(t *testing.T) {
+	fresh := func(at time.Time) message.Result {
+		r := answered(at)
+		r.ThreatQKnown = true
+		r.ThreatQAttributes = []message.Attribute{{ID: 9, Name: "Country", Value: "US"}}
+		return r
+	}
+	tq, o := &fakeThreatQ{}, newOrder()
+	w := ordered(tq, o)
+	if out := w.Handle(context.Background(), fresh(t0), attempt); out.Label() != "written" {
+		t.Fatalf("first: %s", out.Label())
+	}
+	if o.reads != 0 || o.sets != 1 {
+		t.Fatalf("first: %d reads, %d sets; want the entry created unread", o.reads, o.sets)
+	}
+
+	// Written meanwhile by a result answered later: this one is stale.
+	o.put(43, bus.Applied{"ID": t0.Add(time.Minute), "Threat Level": t0.Add(time.Minute), "Threat Source": t0.Add(time.Minute)})
+	older := fresh(t0)
+	older.Indicator.ID = 43
+	out := w.Handle(context.Background(), older, attempt)
+	if out.Label() != "stale" || o.reads != 1 || tq.count() != 1 {
+		t.Fatalf("overlapped: %s, %d reads, %d writes; want stale after one read", out.Label(), o.reads, tq.count())
+	}
+
+	// A run that read one of the attributes reads the entry first.
+	seen := fresh(t0.Add(2 * time.Minute))
+	seen.ThreatQAttributes = append(seen.ThreatQAttributes, message.Attribute{ID: 10, Name: "Threat Level", Value: "Benign"})
+	if out := w.Handle(context.Background(), seen, attempt); out.Label() != "written" || o.reads != 2 {
+		t.Fatalf("read before: %s, %d reads", out.Label(), o.reads)
 	}
 }
 
