@@ -123,27 +123,76 @@ func TestClaimRunsAreIndependent(t *testing.T) {
 	}
 }
 
-// TestClaimAfterAWorkerDiedBetweenCountAndClaim: a worker counted a key,
-// then died before storing its claim; the redelivered job's claim is
-// admitted again without counting the key twice.
-func TestClaimAfterAWorkerDiedBetweenCountAndClaim(t *testing.T) {
+// TestARepeatGivesItsReservedSlotBack: a key claimed again reserves a
+// slot before its claim is found stored; the slot is taken off the count,
+// which stays the number of distinct keys admitted.
+func TestARepeatGivesItsReservedSlotBack(t *testing.T) {
 	b := connect(t, startServer(t))
 	ctx := context.Background()
-	key := ClaimKey("MD5", "died")
-	if _, err := b.countOne(ctx, "run-died", claimsPrefix+"run-died.n", 0, 1, key); err != nil {
-		t.Fatal(err)
+	claim := func(v string) Admission {
+		t.Helper()
+		a, err := b.Claim(ctx, "run-repeat", ClaimKey("MD5", v), 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
 	}
-	a, err := b.Claim(ctx, "run-died", key, 2)
-	if err != nil || !a.Admitted || !a.Again {
-		t.Fatalf("claim after the crash = %+v, %v; want admitted again", a, err)
+	if a := claim("a"); !a.Admitted || a.Again || a.Slot != 1 {
+		t.Fatalf("a = %+v", a)
 	}
-	other, err := b.Claim(ctx, "run-died", ClaimKey("MD5", "other"), 2)
-	if err != nil || !other.Admitted || other.Slot != 2 {
-		t.Fatalf("next key = %+v, %v; want admitted in slot 2 (the crashed key counted once)", other, err)
+	if a := claim("b"); !a.Admitted || a.Slot != 2 {
+		t.Fatalf("b = %+v", a)
 	}
-	third, err := b.Claim(ctx, "run-died", ClaimKey("MD5", "third"), 2)
-	if err != nil || third.Admitted {
-		t.Fatalf("third key = %+v, %v; want refused at the limit of 2", third, err)
+	if a := claim("a"); !a.Admitted || !a.Again || a.Slot != 1 {
+		t.Fatalf("a again = %+v; want admitted again in slot 1", a)
+	}
+	c, err := b.readCount(ctx, claimsPrefix+"run-repeat.n")
+	if err != nil || c.count != 2 {
+		t.Fatalf("count %+v, %v; want 2 after the repeat gave its slot back", c, err)
+	}
+	if a := claim("c"); !a.Admitted || a.Again {
+		t.Fatalf("c = %+v; want the third of three admitted", a)
+	}
+	if a := claim("d"); a.Admitted {
+		t.Fatalf("d = %+v; want refused at the limit of 3", a)
+	}
+	if a := claim("b"); !a.Admitted || !a.Again {
+		t.Fatalf("b at the limit = %+v; want admitted again", a)
+	}
+}
+
+// TestClaimAfterAWorkerDiedBetweenReservingAndMarking: a worker reserved a
+// slot for a key, then died before storing its claim. The redelivered
+// job's claim reserves again: admitted, and the run admits one fewer (the
+// documented cost of a crash, never one more). A count of the earlier
+// form ("slot key") reads the same.
+func TestClaimAfterAWorkerDiedBetweenReservingAndMarking(t *testing.T) {
+	for _, form := range []string{"now", "earlier"} {
+		t.Run(form, func(t *testing.T) {
+			b := connect(t, startServer(t))
+			ctx := context.Background()
+			run := "run-died-" + form
+			key := ClaimKey("MD5", "died")
+			if form == "now" {
+				if _, err := b.putCount(ctx, claimsPrefix+run+".n", 0, claimCount{count: 1, highest: 1}, []string{key}); err != nil {
+					t.Fatal(err)
+				}
+			} else if _, err := b.js.Publish(ctx, claimsPrefix+run+".n", []byte("1 "+key)); err != nil {
+				t.Fatal(err)
+			}
+			a, err := b.Claim(ctx, run, key, 3)
+			if err != nil || !a.Admitted || a.Again || a.Slot != 2 {
+				t.Fatalf("claim after the crash = %+v, %v; want admitted in slot 2", a, err)
+			}
+			other, err := b.Claim(ctx, run, ClaimKey("MD5", "other"), 3)
+			if err != nil || !other.Admitted || other.Slot != 3 {
+				t.Fatalf("next key = %+v, %v; want admitted in slot 3", other, err)
+			}
+			third, err := b.Claim(ctx, run, ClaimKey("MD5", "third"), 3)
+			if err != nil || third.Admitted {
+				t.Fatalf("third key = %+v, %v; want refused: the crashed reservation holds a slot", third, err)
+			}
+		})
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tqtriage/tqtriage/internal/termsafe"
 )
 
 // Admission is what Claim decided for one indicator of a run.
@@ -43,25 +44,22 @@ func DryRunScope(runID string) string { return runID + ".dryrun" }
 
 // Claim admits the indicator key into run runID unless limit indicators of
 // the run are admitted already. It is exact across any number of processes
-// and redeliveries:
+// and redeliveries, short of a process dying in the middle of a claim:
 //
 //   - The run's count is one subject, advanced by compare-and-set (the
-//     stream's expected last sequence per subject): one admission, one
-//     message, so no two processes can take the same place.
-//   - Each count message carries a Nats-Msg-Id naming the run and key, so
-//     a second admission of a key within the duplicate window is refused
-//     by the server as a duplicate, whatever happened in between (a worker
-//     that died right after counting).
-//   - After counting, the key's claim is stored on a subject of its own, so
-//     that an admitted key is recognised at any later time (a replayed dead
-//     letter) by one lookup.
+//     stream's expected last sequence per subject): no two processes can
+//     reserve the same slot.
+//   - Each admitted key's claim is stored on a subject of its own, on
+//     condition that it has none yet, so that a key is admitted once
+//     however many jobs carry it, and recognised at any later time (a
+//     redelivery, a replayed dead letter) by one lookup.
 //
 // A repeated claim of an admitted key answers Admitted and Again.
 //
 // Claims of one run made at the same time in this process are decided by
-// one caller for all (group commit): the callers of one process never
-// contend with each other for the run's count, and the lookups and claim
-// writes of a group go out together.
+// one caller for all (group commit, claimAll): the callers of one process
+// never contend with each other for the run's count, and a group costs a
+// few requests, not a few per key.
 func (b *Bus) Claim(ctx context.Context, runID, key string, limit int) (Admission, error) {
 	if limit <= 0 {
 		return Admission{}, errors.New("claim: the objects-per-run limit must be positive")
@@ -152,89 +150,175 @@ func claimFailed(runID string, err error) error {
 	return transient(fmt.Errorf("claim %s: %w", runID, err))
 }
 
-// claimAll decides the claims of the distinct keys in reqs.
+// claimAll decides the claims of the distinct keys in reqs, in rounds:
+//
+//  1. reserve: the run's count advances by as many keys as may still be
+//     admitted, in one compare-and-set message that names them
+//     ("count @highest key…": the keys hold the slots just below the
+//     highest ever reserved);
+//  2. mark: each key's claim is stored on its own subject, on condition
+//     that the subject is empty (expected last subject sequence 0), all
+//     at once; a key whose claim is there already was admitted before
+//     (a repeat, another replica's): admitted again, its reserved slot
+//     wasted;
+//  3. return: the wasted slots are taken off the count, again by
+//     compare-and-set, so that the count stays the number of distinct
+//     keys admitted.
+//
+// A group of fresh keys costs two requests, however many keys it holds;
+// keys are looked up first only where the round cannot reserve them all
+// (at the cap, where a repeat must be told from a new key). A replica
+// that dies between reserving and marking leaves its reserved slots used:
+// the redelivered jobs reserve again, and the run admits that many fewer
+// (docs/flow.md, never more).
 func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, limit int) (map[string]Admission, error) {
 	answers := make(map[string]Admission, len(reqs))
-	var keys []string
+	var todo []string
 	for _, r := range reqs {
 		if _, dup := answers[r.key]; !dup {
 			answers[r.key] = Admission{}
-			keys = append(keys, r.key)
+			todo = append(todo, r.key)
 		}
 	}
-	todo, err := b.checkClaims(ctx, runID, keys, answers)
-	if err != nil {
-		return nil, err
-	}
 	countSubj := claimsPrefix + runID + ".n"
-	count, countSeq, err := b.readCount(ctx, countSubj)
-	if err != nil {
-		return nil, err
-	}
-	var marks []jetstream.PubAckFuture
-	for _, k := range todo {
-		for attempt := 0; ; attempt++ {
-			if count >= limit {
-				answers[k] = Admission{Count: count}
-				break
-			}
-			ack, err := b.countOne(ctx, runID, countSubj, countSeq, count+1, k)
-			if err == nil {
-				if ack.Duplicate {
-					// Counted before (by a worker that died before
-					// storing its claim): admitted then, not again now.
-					answers[k] = Admission{Admitted: true, Again: true, Count: count}
-				} else {
-					count, countSeq = count+1, ack.Sequence
-					answers[k] = Admission{Admitted: true, Slot: count, Count: count}
-				}
-				f, err := b.publishAsync(Publication{Subject: claimsPrefix + runID + ".k." + k, Data: []byte(strconv.Itoa(answers[k].Slot))})
-				if err != nil {
-					return nil, fmt.Errorf("store claim: %w", err)
-				}
-				marks = append(marks, f)
-				break
-			}
-			if !isWrongLastSequence(err) {
-				return nil, err
-			}
-			if attempt > 1000 {
-				return nil, fmt.Errorf("still conflicting after %d attempts", attempt)
-			}
+	looked := false
+	for attempt := 0; len(todo) > 0; attempt++ {
+		if attempt > 1000 {
+			return nil, fmt.Errorf("still conflicting after %d attempts", attempt)
+		}
+		if attempt > 0 {
 			// Another replica counted first: read the count again, a
 			// little later each time so replicas do not retry in
 			// lockstep.
-			if attempt > 0 {
-				select {
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-time.After(time.Duration(rand.Int64N(int64(100*time.Microsecond) * int64(min(attempt, 20))))):
-				}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(rand.Int64N(int64(100*time.Microsecond) * int64(min(attempt, 20))))):
 			}
-			if count, countSeq, err = b.readCount(ctx, countSubj); err != nil {
+		}
+		c, err := b.readCount(ctx, countSubj)
+		if err != nil {
+			return nil, err
+		}
+		if c.count+len(todo) > limit && !looked {
+			// Not all can be reserved: those admitted before are
+			// admitted again whatever the count, so find them first.
+			if todo, err = b.checkClaims(ctx, runID, todo, answers); err != nil {
+				return nil, err
+			}
+			looked = true
+			attempt = -1
+			continue
+		}
+		n := min(len(todo), limit-c.count)
+		if n <= 0 {
+			for _, k := range todo {
+				answers[k] = Admission{Count: c.count}
+			}
+			return answers, nil
+		}
+		next := claimCount{count: c.count + n, highest: c.highest + n}
+		if _, err := b.putCount(ctx, countSubj, c.seq, next, todo[:n]); err != nil {
+			if isWrongLastSequence(err) {
+				continue
+			}
+			return nil, err
+		}
+		wasted, err := b.mark(ctx, runID, todo[:n], c.highest, next.count, answers)
+		if err != nil {
+			return nil, err
+		}
+		if wasted > 0 {
+			if err := b.returnSlots(ctx, countSubj, wasted); err != nil {
 				return nil, err
 			}
 		}
-	}
-	// A job goes to Triage only once its claim is stored.
-	for _, f := range marks {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return nil, fmt.Errorf("store claim: %w", err)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+		todo, attempt = todo[n:], -1
 	}
 	return answers, nil
 }
 
-// countOne advances the run's count from countSeq to slot for key.
-func (b *Bus) countOne(ctx context.Context, runID, countSubj string, countSeq uint64, slot int, key string) (*jetstream.PubAck, error) {
+// mark stores the claims of keys, reserved in the slots after highest,
+// each on condition that the key has none yet. A key that has one is
+// admitted again in the slot stored, and its reserved slot is wasted.
+func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, count int, answers map[string]Admission) (wasted int, err error) {
+	futures := make([]jetstream.PubAckFuture, len(keys))
+	for i, k := range keys {
+		m := nats.NewMsg(claimsPrefix + runID + ".k." + k)
+		m.Data = []byte(strconv.Itoa(highest + i + 1))
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+		if futures[i], err = b.js.PublishMsgAsync(m); err != nil {
+			return 0, fmt.Errorf("store claim: %w", err)
+		}
+	}
+	var taken []string
+	for i, f := range futures {
+		select {
+		case <-f.Ok():
+			answers[keys[i]] = Admission{Admitted: true, Slot: highest + i + 1, Count: count}
+		case err := <-f.Err():
+			if !isWrongLastSequence(err) {
+				return 0, fmt.Errorf("store claim: %w", err)
+			}
+			taken = append(taken, keys[i])
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	if len(taken) == 0 {
+		return 0, nil
+	}
+	rest, err := b.checkClaims(ctx, runID, taken, answers)
+	if err != nil {
+		return 0, err
+	}
+	if len(rest) > 0 {
+		// Refused as present, then not found: only a claim deleted in
+		// between (the stream purged) would do it. Try again.
+		return 0, fmt.Errorf("store claim: the claims of %d keys were there, then gone", len(rest))
+	}
+	return len(taken), nil
+}
+
+// returnSlots takes n wasted slots off the run's count.
+func (b *Bus) returnSlots(ctx context.Context, countSubj string, n int) error {
+	for attempt := 0; ; attempt++ {
+		c, err := b.readCount(ctx, countSubj)
+		if err != nil {
+			return err
+		}
+		_, err = b.putCount(ctx, countSubj, c.seq, claimCount{count: c.count - n, highest: c.highest}, nil)
+		if err == nil || !isWrongLastSequence(err) {
+			return err
+		}
+		if attempt > 1000 {
+			return fmt.Errorf("return slots: still conflicting after %d attempts", attempt)
+		}
+	}
+}
+
+// claimCount is the last message of a run's count subject: the number of
+// distinct keys admitted, and the highest slot ever reserved (slots of
+// wasted reservations are not used again).
+type claimCount struct {
+	count, highest int
+	seq            uint64 // the message's stream sequence (0: none yet)
+}
+
+// putCount stores next on the count subject if its last message is still
+// lastSeq, naming the keys reserved by it ("count @highest key…").
+func (b *Bus) putCount(ctx context.Context, countSubj string, lastSeq uint64, next claimCount, keys []string) (*jetstream.PubAck, error) {
+	data := make([]byte, 0, 24+len(keys)*(len(ClaimKey("", ""))+1))
+	data = strconv.AppendInt(data, int64(next.count), 10)
+	data = append(data, " @"...)
+	data = strconv.AppendInt(data, int64(next.highest), 10)
+	for _, k := range keys {
+		data = append(data, ' ')
+		data = append(data, k...)
+	}
 	m := nats.NewMsg(countSubj)
-	m.Data = []byte(strconv.Itoa(slot) + " " + key)
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(countSeq, 10))
-	m.Header.Set(jetstream.MsgIDHeader, "claim/"+runID+"/"+key)
+	m.Data = data
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(lastSeq, 10))
 	ack, err := b.js.PublishMsg(ctx, m)
 	if err != nil {
 		return nil, fmt.Errorf("count: %w", err)
@@ -242,20 +326,29 @@ func (b *Bus) countOne(ctx context.Context, runID, countSubj string, countSeq ui
 	return ack, nil
 }
 
-func (b *Bus) readCount(ctx context.Context, countSubj string) (int, uint64, error) {
+// readCount reads the run's count. A message of the earlier form ("slot
+// key", one key a message, slot equal to the count) is read as well.
+func (b *Bus) readCount(ctx context.Context, countSubj string) (claimCount, error) {
 	m, err := b.claims.GetLastMsgForSubject(ctx, countSubj)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, 0, nil
+		return claimCount{}, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("read count: %w", err)
+		return claimCount{}, fmt.Errorf("read count: %w", err)
 	}
-	slot, _, _ := strings.Cut(string(m.Data), " ")
-	n, err := strconv.Atoi(slot)
-	if err != nil {
-		return 0, 0, fmt.Errorf("count %q of %s is not a number", m.Data, countSubj)
+	first, rest, _ := strings.Cut(string(m.Data), " ")
+	n, err := strconv.Atoi(first)
+	if err != nil || n < 0 {
+		return claimCount{}, fmt.Errorf("count %q of %s is not a number", termsafe.Clip(string(m.Data), 64), countSubj)
 	}
-	return n, m.Sequence, nil
+	c := claimCount{count: n, highest: n, seq: m.Sequence}
+	if h, ok := strings.CutPrefix(rest, "@"); ok {
+		h, _, _ = strings.Cut(h, " ")
+		if c.highest, err = strconv.Atoi(h); err != nil || c.highest < n {
+			return claimCount{}, fmt.Errorf("count %q of %s has no valid highest slot", termsafe.Clip(string(m.Data), 64), countSubj)
+		}
+	}
+	return c, nil
 }
 
 // checkClaims looks up each key's claim; a claimed key gets its answer
