@@ -147,13 +147,14 @@ func TestMetricsOfASmallPipeline(t *testing.T) {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, *got, c.want)
 		}
 	}
-	// Write-back's requests: three adds per created result, and no
-	// listing (the collection read brought the indicators' attributes).
+	// Write-back's requests: one add per created result (its three
+	// attributes in an array), and no listing (the collection read
+	// brought the indicators' attributes).
 	if n := sumOf(mfs, "tqtriage_http_requests_total", L{"service": "threatq", "operation": "list_attributes"}); n != 0 {
 		t.Errorf("list_attributes: %v, want 0", n)
 	}
-	if n := sumOf(mfs, "tqtriage_http_requests_total", L{"service": "threatq", "operation": "add_attribute"}); n != 51 {
-		t.Errorf("add_attribute: %v, want 51", n)
+	if n := sumOf(mfs, "tqtriage_http_requests_total", L{"service": "threatq", "operation": "add_attribute"}); n != 17 {
+		t.Errorf("add_attribute: %v, want 17", n)
 	}
 	if n := sumOf(mfs, "tqtriage_http_requests_total", L{"operation": "other"}); n != 0 {
 		t.Errorf("%v requests named other", n)
