@@ -173,7 +173,12 @@ func TestWritebackWhoseCredentialsAreRefusedDeadLettersNothingAndResumes(t *test
 			secret.Store(threatqsim.DefaultClientSecret)
 			tc.refuse(e, &secret)
 			wcfg := writerConfig()
-			wcfg.MaxDeliver = 1 // any counted failure would dead-letter
+			// A second counted delivery dead-letters: one counted
+			// failure would. (One, not none: a result the server sends
+			// to the pull of a subscription closing as the gate closes
+			// is counted though never seen, docs/flow.md. Seen once in
+			// seven runs with a limit of 1.)
+			wcfg.MaxDeliver = 2
 			wr := e.writerWith(pipeline.ThreatQSettings{SecretFunc: func() (string, error) { return secret.Load().(string), nil }}, wcfg)
 			b := e.bus()
 			o := pipeline.Once{Bus: b, Worker: e.worker(b, workerConfig()), Writer: wr, Log: e.log}

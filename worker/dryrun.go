@@ -71,6 +71,11 @@ func (w *Worker) dryRun(ctx context.Context, job message.Job, a bus.Attempt, ind
 		reason string
 		found  *triage.Indicator
 	)
+	release, out, ok := w.place(ctx)
+	if !ok {
+		return out
+	}
+	defer release()
 	_, err = retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
 		var err error
 		status, reason, found, err = w.plan(ctx, job, ind, level, source)

@@ -75,7 +75,8 @@ type Config struct {
 	// MaxRedeliveryDelay (defaults 5s and 2m).
 	RedeliveryDelay    time.Duration
 	MaxRedeliveryDelay time.Duration
-	// Concurrency is the number of jobs at once (default DefaultConcurrency).
+	// Concurrency is the number of jobs calling Triage at once (default
+	// DefaultConcurrency); the replica holds twice as many (inHand).
 	Concurrency int
 	// MaxPause bounds how long a 429 puts jobs off and pauses the
 	// replica (default DefaultMaxPause).
@@ -123,7 +124,18 @@ type Worker struct {
 	claims  Claims
 	reader  Reader // dry runs read through it alone (dryrun.go)
 	onlyDry bool   // real jobs are not this worker's (OnlyDryRuns)
+	// calls holds a place for each job calling Triage: Concurrency at
+	// once. The executor gives the worker more jobs than that (inHand),
+	// so that admitting the next jobs and storing the answers of the last
+	// go on while Triage's places are all taken.
+	calls chan struct{}
 }
+
+// inHand is how many jobs a replica holds for each place it has in
+// Triage (WORKER_CONCURRENCY): the others are being decoded, admitted
+// against the cap, or answered. Triage never sees more than Concurrency
+// of a replica's calls at once.
+const inHand = 2
 
 // New returns a worker.
 func New(cfg Config, t Triage, c Claims) (*Worker, error) {
@@ -133,7 +145,7 @@ func New(cfg Config, t Triage, c Claims) (*Worker, error) {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
 	cfg.ThreatLevel = level
-	return &Worker{cfg: cfg, triage: t, claims: c}, nil
+	return &Worker{cfg: cfg, triage: t, claims: c, calls: make(chan struct{}, cfg.Concurrency)}, nil
 }
 
 // Consumer is the worker on the jobs consumer, for bus.Serve.
@@ -150,7 +162,7 @@ func (w *Worker) Consumer(log zerolog.Logger, m *bus.Metrics) bus.Consumer[messa
 		MaxDeliver:         w.cfg.MaxDeliver,
 		RedeliveryDelay:    w.cfg.RedeliveryDelay,
 		MaxRedeliveryDelay: w.cfg.MaxRedeliveryDelay,
-		Concurrency:        w.cfg.Concurrency,
+		Concurrency:        inHand * w.cfg.Concurrency,
 		Log:                log,
 		Metrics:            m,
 	}
@@ -202,6 +214,11 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 		status message.Status
 		found  *triage.Indicator
 	)
+	release, out, ok := w.place(ctx)
+	if !ok {
+		return out
+	}
+	defer release()
 	_, err = retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
 		var err error
 		status, found, err = w.call(ctx, job, ind, level, source)
@@ -217,6 +234,22 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 		reason = "no Triage indicator of this type and value; run update with upsert to create it"
 	}
 	return w.answer(ctx, job, a, status, reason, true, found)
+}
+
+// place waits for one of the replica's places in Triage (calls). ok
+// false: the outcome instead, when the replica stops before one frees
+// (handed back) or the gate closed while it waited (put off, uncounted).
+func (w *Worker) place(ctx context.Context) (release func(), out bus.Outcome, ok bool) {
+	select {
+	case w.calls <- struct{}{}:
+	case <-ctx.Done():
+		return nil, bus.Err(ctx.Err()), false
+	}
+	if out, held := w.held(); held {
+		<-w.calls
+		return nil, out, false
+	}
+	return func() { <-w.calls }, bus.Outcome{}, true
 }
 
 // GiveUp answers a job whose failure cannot pass, or whose deliveries ran

@@ -5,11 +5,13 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -607,8 +609,8 @@ func TestConsumerRunsTheWorkerOnTheJobsConsumer(t *testing.T) {
 	w := newWorker(t, worker.Config{MaxDeliver: 4, RedeliveryDelay: time.Second, MaxRedeliveryDelay: time.Minute, Concurrency: 3}, &fakeTriage{}, &fakeClaims{})
 	c := w.Consumer(zerolog.Nop(), nil)
 	if c.Durable != bus.ConsumerWorkers || c.Undecodable != message.DLQInvalid || c.MaxDeliver != 4 ||
-		c.RedeliveryDelay != time.Second || c.MaxRedeliveryDelay != time.Minute || c.Concurrency != 3 {
-		t.Fatalf("consumer %+v", c)
+		c.RedeliveryDelay != time.Second || c.MaxRedeliveryDelay != time.Minute || c.Concurrency != 6 {
+		t.Fatalf("consumer %+v; want 6 jobs in hand for 3 places in Triage", c)
 	}
 	if _, err := c.Decode(message.JobSubject(message.ActionUpdate), []byte(`{"v":1,"run_id":"r","action":"create","indicator":{"id":1}}`)); err == nil {
 		t.Fatal("Decode accepted a create job on the update subject")
@@ -789,5 +791,62 @@ func TestResultsSayWhenTheyWereAnswered(t *testing.T) {
 			t.Fatalf("%s answered_at %q", r.Status, r.AnsweredAt)
 		}
 		prev = at
+	}
+}
+
+// TestTriageSeesAtMostConcurrencyCallsAtOnce: the replica holds twice
+// WORKER_CONCURRENCY jobs, so that admissions and answers go on beside
+// the calls, but Triage never sees more than WORKER_CONCURRENCY of them at
+// once; the others wait for a place, and a job whose replica stops while
+// it waits is handed back.
+func TestTriageSeesAtMostConcurrencyCallsAtOnce(t *testing.T) {
+	const places = 3
+	var now, most atomic.Int32
+	release := make(chan struct{})
+	tr := &fakeTriage{create: func(_ int, in triage.NewIndicator) (*triage.Indicator, error) {
+		n := now.Add(1)
+		defer now.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-release
+		return &triage.Indicator{ID: "1", ThreatType: in.ThreatType, ThreatValue: in.ThreatValue}, nil
+	}}
+	w := newWorker(t, worker.Config{Concurrency: places}, tr, &fakeClaims{})
+	jobs := 2 * places
+	outs := make(chan bus.Outcome, jobs+1)
+	for i := range jobs {
+		go func() {
+			j := job(t, message.ActionCreate, "MD5", fmt.Sprintf("%032x", i))
+			outs <- w.Handle(context.Background(), j, attempt)
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for now.Load() < places && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // room for a fourth call, if one could start
+	if most.Load() != places {
+		t.Fatalf("%d calls at once; want %d", most.Load(), places)
+	}
+	// One more job, whose replica stops while it waits for a place.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { outs <- w.Handle(ctx, job(t, message.ActionCreate, "MD5", strings.Repeat("e", 32)), attempt) }()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if out := <-outs; out.Kind() != bus.KindError || !errors.Is(out.Error(), context.Canceled) {
+		t.Fatalf("the job that waited: %s %v; want its context's end, for the executor to hand it back", out.Kind(), out.Error())
+	}
+	close(release)
+	for range jobs {
+		if out := <-outs; out.Label() != string(message.StatusCreated) {
+			t.Fatalf("outcome %s %s", out.Kind(), out.Label())
+		}
+	}
+	if most.Load() != places {
+		t.Fatalf("%d calls at once; want %d", most.Load(), places)
 	}
 }
