@@ -67,7 +67,7 @@ func addTriage(s *settings) {
 	s.add("triage-source", "TRIAGE_SOURCE", worker.DefaultThreatSource, "threat source sent to Triage")
 	s.add("triage-rate-limit", "TRIAGE_RATE_LIMIT", "0", "requests a second to Triage from all the worker replicas together, shared among them (0: no limit; a 429 pauses them all anyway)")
 	s.add("triage-max-pause", "TRIAGE_MAX_PAUSE", worker.DefaultMaxPause.String(), "longest pause after a 429, whatever its Retry-After asks for")
-	s.add("worker-concurrency", "WORKER_CONCURRENCY", strconv.Itoa(worker.DefaultConcurrency), "jobs worked on at once by this replica")
+	s.add("worker-concurrency", "WORKER_CONCURRENCY", strconv.Itoa(worker.DefaultConcurrency), "jobs calling Triage at once from this replica (it holds twice as many)")
 	s.add("worker-max-deliver", "WORKER_MAX_DELIVER", strconv.Itoa(worker.DefaultMaxDeliver), "deliveries of a job before a retryable failure is final")
 }
 
