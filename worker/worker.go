@@ -238,16 +238,14 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 
 // place waits for one of the replica's places in Triage (calls). ok
 // false: the outcome instead, when the replica stops before one frees
-// (handed back) or the gate closed while it waited (put off, uncounted).
+// (handed back). A pause the gate began meanwhile is waited out by the
+// Triage client before its request, as for the jobs already calling:
+// putting the job off here would only deliver it again.
 func (w *Worker) place(ctx context.Context) (release func(), out bus.Outcome, ok bool) {
 	select {
 	case w.calls <- struct{}{}:
 	case <-ctx.Done():
 		return nil, bus.Err(ctx.Err()), false
-	}
-	if out, held := w.held(); held {
-		<-w.calls
-		return nil, out, false
 	}
 	return func() { <-w.calls }, bus.Outcome{}, true
 }
