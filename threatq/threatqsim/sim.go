@@ -69,7 +69,7 @@ type Options struct {
 	NoSearchByHash bool
 	// NoAttributeArrays makes POST /api/indicators/{id}/attributes refuse
 	// an array of attributes as a form validator would (422, "The name
-	// field is required."): API.md says ThreatQ takes one, but every
+	// field is required."): docs/api.md assumes ThreatQ takes one, but every
 	// known integration sends one object a request.
 	NoAttributeArrays bool
 }
