@@ -7,10 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/tqtriage/tqtriage/bus"
-	"github.com/tqtriage/tqtriage/internal/retry"
 	"github.com/tqtriage/tqtriage/mapping"
 	"github.com/tqtriage/tqtriage/message"
 	"github.com/tqtriage/tqtriage/triage"
@@ -58,33 +55,21 @@ func (w *Worker) dryRun(ctx context.Context, job message.Job, a bus.Attempt, ind
 	if w.reader == nil {
 		return bus.Err(errNoReader)
 	}
-	adm, err := w.claims.Claim(ctx, bus.DryRunScope(job.RunID), bus.ClaimKey(ind.ThreatType, ind.ThreatValue), w.cfg.ObjectsPerRun)
-	if err != nil {
-		return bus.Err(fmt.Errorf("objects-per-run admission: %w", err))
-	}
-	if !adm.Admitted {
-		return w.answer(ctx, job, a, message.StatusSkipped,
-			fmt.Sprintf("the run would reach its limit of %d objects per run; this indicator would not be sent to Triage", w.cfg.ObjectsPerRun), false, nil)
+	if out, ok := w.admit(ctx, job, a, bus.DryRunScope(job.RunID), ind,
+		fmt.Sprintf("the run would reach its limit of %d objects per run; this indicator would not be sent to Triage", w.cfg.ObjectsPerRun)); !ok {
+		return out
 	}
 	var (
 		status message.Status
 		reason string
 		found  *triage.Indicator
 	)
-	release, out, ok := w.place(ctx)
-	if !ok {
-		return out
-	}
-	defer release()
-	_, err = retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
+	if out, ok := w.withTriage(ctx, "Triage read", func(ctx context.Context) error {
 		var err error
 		status, reason, found, err = w.plan(ctx, job, ind, level, source)
 		return err
-	}, func(err error, attempt int, wait time.Duration) {
-		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg("Triage read failed; trying again")
-	})
-	if err != nil {
-		return w.failure(err)
+	}); !ok {
+		return out
 	}
 	return w.answer(ctx, job, a, status, reason, true, found)
 }

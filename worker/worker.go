@@ -201,39 +201,59 @@ func (w *Worker) Handle(ctx context.Context, job message.Job, a bus.Attempt) bus
 		return w.dryRun(ctx, job, a, ind, level, source)
 	}
 
-	adm, err := w.claims.Claim(ctx, job.RunID, bus.ClaimKey(ind.ThreatType, ind.ThreatValue), w.cfg.ObjectsPerRun)
-	if err != nil {
-		return bus.Err(fmt.Errorf("objects-per-run admission: %w", err))
+	if out, ok := w.admit(ctx, job, a, job.RunID, ind,
+		fmt.Sprintf("the run reached its limit of %d objects per run; this indicator was not sent to Triage", w.cfg.ObjectsPerRun)); !ok {
+		return out
 	}
-	if !adm.Admitted {
-		return w.answer(ctx, job, a, message.StatusSkipped,
-			fmt.Sprintf("the run reached its limit of %d objects per run; this indicator was not sent to Triage", w.cfg.ObjectsPerRun), false, nil)
-	}
-
 	var (
 		status message.Status
 		found  *triage.Indicator
 	)
-	release, out, ok := w.place(ctx)
-	if !ok {
-		return out
-	}
-	defer release()
-	_, err = retry.Do(ctx, w.cfg.Retry, func(ctx context.Context) error {
+	if out, ok := w.withTriage(ctx, "Triage call", func(ctx context.Context) error {
 		var err error
 		status, found, err = w.call(ctx, job, ind, level, source)
 		return err
-	}, func(err error, attempt int, wait time.Duration) {
-		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg("Triage call failed; trying again")
-	})
-	if err != nil {
-		return w.failure(err)
+	}); !ok {
+		return out
 	}
 	reason := ""
 	if status == message.StatusNotFound {
 		reason = "no Triage indicator of this type and value; run update with upsert to create it"
 	}
 	return w.answer(ctx, job, a, status, reason, true, found)
+}
+
+// admit claims ind in the cap of scope (the run, or its dry run's
+// claims). ok false: the outcome instead, a skipped result saying refusal
+// when the cap is reached, or the failure to decide.
+func (w *Worker) admit(ctx context.Context, job message.Job, a bus.Attempt, scope string, ind mapping.Indicator, refusal string) (bus.Outcome, bool) {
+	adm, err := w.claims.Claim(ctx, scope, bus.ClaimKey(ind.ThreatType, ind.ThreatValue), w.cfg.ObjectsPerRun)
+	if err != nil {
+		return bus.Err(fmt.Errorf("objects-per-run admission: %w", err)), false
+	}
+	if !adm.Admitted {
+		return w.answer(ctx, job, a, message.StatusSkipped, refusal, false, nil), false
+	}
+	return bus.Outcome{}, true
+}
+
+// withTriage makes a job's Triage calls (what names them in the log):
+// it holds one of the replica's places in Triage while it tries fn under
+// the retry policy. ok false: the outcome instead, the job handed back or
+// its failure (failure).
+func (w *Worker) withTriage(ctx context.Context, what string, fn func(ctx context.Context) error) (bus.Outcome, bool) {
+	release, out, ok := w.place(ctx)
+	if !ok {
+		return out, false
+	}
+	defer release()
+	_, err := retry.Do(ctx, w.cfg.Retry, fn, func(err error, attempt int, wait time.Duration) {
+		zerolog.Ctx(ctx).Info().Err(err).Int("try", attempt).Dur("wait", wait).Msg(what + " failed; trying again")
+	})
+	if err != nil {
+		return w.failure(err), false
+	}
+	return bus.Outcome{}, true
 }
 
 // place waits for one of the replica's places in Triage (calls). ok
