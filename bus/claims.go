@@ -180,21 +180,11 @@ func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, 
 			todo = append(todo, r.key)
 		}
 	}
-	countSubj := claimsPrefix + runID + ".n"
+	countSubj := countSubject(runID)
 	looked := false
 	for attempt := 0; len(todo) > 0; attempt++ {
-		if attempt > 1000 {
-			return nil, fmt.Errorf("still conflicting after %d attempts", attempt)
-		}
-		if attempt > 0 {
-			// Another replica counted first: read the count again, a
-			// little later each time so replicas do not retry in
-			// lockstep.
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(time.Duration(rand.Int64N(int64(100*time.Microsecond) * int64(min(attempt, 20))))):
-			}
+		if err := backOff(ctx, attempt); err != nil {
+			return nil, err
 		}
 		c, err := b.readCount(ctx, countSubj)
 		if err != nil {
@@ -244,7 +234,7 @@ func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, 
 func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, count int, answers map[string]Admission) (wasted int, err error) {
 	futures := make([]jetstream.PubAckFuture, len(keys))
 	for i, k := range keys {
-		m := nats.NewMsg(claimsPrefix + runID + ".k." + k)
+		m := nats.NewMsg(claimSubject(runID, k))
 		m.Data = []byte(strconv.Itoa(highest + i + 1))
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 		if futures[i], err = b.js.PublishMsgAsync(m); err != nil {
@@ -283,6 +273,9 @@ func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, co
 // returnSlots takes n wasted slots off the run's count.
 func (b *Bus) returnSlots(ctx context.Context, countSubj string, n int) error {
 	for attempt := 0; ; attempt++ {
+		if err := backOff(ctx, attempt); err != nil {
+			return fmt.Errorf("return slots: %w", err)
+		}
 		c, err := b.readCount(ctx, countSubj)
 		if err != nil {
 			return err
@@ -291,11 +284,31 @@ func (b *Bus) returnSlots(ctx context.Context, countSubj string, n int) error {
 		if err == nil || !isWrongLastSequence(err) {
 			return err
 		}
-		if attempt > 1000 {
-			return fmt.Errorf("return slots: still conflicting after %d attempts", attempt)
-		}
 	}
 }
+
+// backOff comes before each attempt at a compare-and-set on the count:
+// none before the first; before each later one (another replica stored
+// first), a wait a little longer each time, at random, so that replicas
+// do not retry in lockstep; an error once there were too many.
+func backOff(ctx context.Context, attempt int) error {
+	if attempt > 1000 {
+		return fmt.Errorf("still conflicting after %d attempts", attempt)
+	}
+	if attempt <= 0 {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Duration(rand.Int64N(int64(100*time.Microsecond) * int64(min(attempt, 20))))):
+		return nil
+	}
+}
+
+// countSubject holds a run's count; claimSubject, the claim of one key.
+func countSubject(runID string) string      { return claimsPrefix + runID + ".n" }
+func claimSubject(runID, key string) string { return claimsPrefix + runID + ".k." + key }
 
 // claimCount is the last message of a run's count subject: the number of
 // distinct keys admitted, and the highest slot ever reserved (slots of
@@ -368,7 +381,7 @@ func (b *Bus) checkClaims(ctx context.Context, runID string, keys []string, answ
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			m, err := b.claims.GetLastMsgForSubject(ctx, claimsPrefix+runID+".k."+k)
+			m, err := b.claims.GetLastMsgForSubject(ctx, claimSubject(runID, k))
 			switch {
 			case err == nil:
 				slot, _ := strconv.Atoi(string(m.Data))
