@@ -141,7 +141,6 @@ func (c *Client) setAttributes(ctx context.Context, indicatorID int64, attrs []A
 	for _, rs := range byName {
 		slices.SortStableFunc(rs, func(a, b wire.AttributeRow) int { return cmp.Compare(a.ID, b.ID) })
 	}
-	var errs []error
 	// The names the indicator has no row of are added together, in one
 	// request, where ThreatQ takes an array (a create's three attributes:
 	// one POST, not three); the rest are changed one by one.
@@ -152,6 +151,7 @@ func (c *Client) setAttributes(ctx context.Context, indicatorID int64, attrs []A
 	if added {
 		attrs = slices.DeleteFunc(slices.Clone(attrs), func(a Attribute) bool { return len(byName[a.Name]) == 0 })
 	}
+	var errs []error
 	for _, a := range attrs {
 		if err := c.setOne(ctx, indicatorID, a, byName[a.Name]); err != nil {
 			errs = append(errs, err)
@@ -191,7 +191,7 @@ func (c *Client) addAll(ctx context.Context, indicatorID int64, attrs []Attribut
 	var body []attributeBody
 	for _, a := range attrs {
 		if len(rows[a.Name]) == 0 {
-			body = append(body, attributeBody{Name: a.Name, Value: a.Value, Sources: []wire.Source{{Name: c.source}}})
+			body = append(body, c.newAttribute(a))
 		}
 	}
 	if len(body) < 2 {
@@ -224,8 +224,7 @@ func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, row
 	if len(rows) == 0 {
 		// One object: a single name to add, or a ThreatQ that refused
 		// the array (addAll).
-		body := attributeBody{Name: a.Name, Value: a.Value, Sources: []wire.Source{{Name: c.source}}}
-		if err := c.do(ctx, call{method: http.MethodPost, path: path, body: body}, nil); err != nil {
+		if err := c.do(ctx, call{method: http.MethodPost, path: path, body: c.newAttribute(a)}, nil); err != nil {
 			return fmt.Errorf("add %q: %w", a.Name, err)
 		}
 		return nil
@@ -261,6 +260,11 @@ func (c *Client) setOne(ctx context.Context, indicatorID int64, a Attribute, row
 		}
 	}
 	return nil
+}
+
+// newAttribute is the body that adds a, with this client's source.
+func (c *Client) newAttribute(a Attribute) attributeBody {
+	return attributeBody{Name: a.Name, Value: a.Value, Sources: []wire.Source{{Name: c.source}}}
 }
 
 type attributeBody struct {
