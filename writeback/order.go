@@ -102,17 +102,17 @@ func (w *Writer) inOrder(ctx context.Context, r message.Result, a bus.Attempt, a
 	// read first (a request saved); if one was there after all, the
 	// create fails and the entry is read.
 	guessNone := neverWritten(r, attrs)
-	for range orderTries {
+	for try := range orderTries {
 		var (
 			cur bus.Applied
 			rev uint64
-			err error
 		)
-		if guessNone {
-			guessNone = false
-		} else if cur, rev, err = ord.o.LastApplied(ctx, id); err != nil {
-			unlock()
-			return fail(err)
+		if try > 0 || !guessNone {
+			var err error
+			if cur, rev, err = ord.o.LastApplied(ctx, id); err != nil {
+				unlock()
+				return fail(err)
+			}
 		}
 		next := maps.Clone(cur)
 		if next == nil {
