@@ -146,7 +146,7 @@ func TestARepeatGivesItsReservedSlotBack(t *testing.T) {
 	if a := claim("a"); !a.Admitted || !a.Again || a.Slot != 1 {
 		t.Fatalf("a again = %+v; want admitted again in slot 1", a)
 	}
-	c, err := b.readCount(ctx, countSubject("run-repeat"))
+	c, err := b.readCount(ctx, "run-repeat")
 	if err != nil || c.count != 2 {
 		t.Fatalf("count %+v, %v; want 2 after the repeat gave its slot back", c, err)
 	}
@@ -174,7 +174,7 @@ func TestClaimAfterAWorkerDiedBetweenReservingAndMarking(t *testing.T) {
 			run := "run-died-" + form
 			key := ClaimKey("MD5", "died")
 			if form == "now" {
-				if _, err := b.putCount(ctx, countSubject(run), 0, claimCount{count: 1, highest: 1}, []string{key}); err != nil {
+				if stored, err := b.storeCount(ctx, run, 0, claimCount{count: 1, highest: 1}, []string{key}); err != nil || !stored {
 					t.Fatal(err)
 				}
 			} else if _, err := b.js.Publish(ctx, countSubject(run), []byte("1 "+key)); err != nil {

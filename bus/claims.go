@@ -167,10 +167,16 @@ func claimFailed(runID string, err error) error {
 //
 // A group of fresh keys costs two requests, however many keys it holds;
 // keys are looked up first only where the round cannot reserve them all
-// (at the cap, where a repeat must be told from a new key). A replica
-// that dies between reserving and marking leaves its reserved slots used:
-// the redelivered jobs reserve again, and the run admits that many fewer
-// (docs/flow.md, never more).
+// (at the cap, where a repeat must be told from a new key).
+//
+// A request whose answer is lost (the stream's leader moving, a NATS node
+// restarted, a connection broken) is found out, not given up on: a read
+// is made again, a claim is stored again and recognised by its slot, and
+// a count whose fate is unknown is fenced (storeCount). Only a replica
+// that dies between reserving and marking, or a commit that cannot reach
+// the stream for all of claimCommitTimeout, leaves its reserved slots
+// used: the redelivered jobs reserve again, and the run admits that many
+// fewer (docs/flow.md, never more).
 func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, limit int) (map[string]Admission, error) {
 	answers := make(map[string]Admission, len(reqs))
 	var todo []string
@@ -180,13 +186,12 @@ func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, 
 			todo = append(todo, r.key)
 		}
 	}
-	countSubj := countSubject(runID)
 	looked := false
 	for attempt := 0; len(todo) > 0; attempt++ {
 		if err := backOff(ctx, attempt); err != nil {
 			return nil, err
 		}
-		c, err := b.readCount(ctx, countSubj)
+		c, err := b.readCount(ctx, runID)
 		if err != nil {
 			return nil, err
 		}
@@ -208,18 +213,19 @@ func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, 
 			return answers, nil
 		}
 		next := claimCount{count: c.count + n, highest: c.highest + n}
-		if _, err := b.putCount(ctx, countSubj, c.seq, next, todo[:n]); err != nil {
-			if isWrongLastSequence(err) {
-				continue
-			}
+		stored, err := b.storeCount(ctx, runID, c.seq, next, todo[:n])
+		if err != nil {
 			return nil, err
+		}
+		if !stored {
+			continue // another's count came first
 		}
 		wasted, err := b.mark(ctx, runID, todo[:n], c.highest, next.count, answers)
 		if err != nil {
 			return nil, err
 		}
 		if wasted > 0 {
-			if err := b.returnSlots(ctx, countSubj, wasted); err != nil {
+			if err := b.returnSlots(ctx, runID, wasted); err != nil {
 				return nil, err
 			}
 		}
@@ -230,35 +236,59 @@ func (b *Bus) claimAll(ctx context.Context, runID string, reqs []*claimRequest, 
 
 // mark stores the claims of keys, reserved in the slots after highest,
 // each on condition that the key has none yet. A key that has one is
-// admitted again in the slot stored, and its reserved slot is wasted.
+// admitted again in the slot stored, and its reserved slot is wasted;
+// unless the slot stored is the one reserved: the claim was this
+// commit's, stored by a request whose answer was lost, and stored again.
 func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, count int, answers map[string]Admission) (wasted int, err error) {
-	futures := make([]jetstream.PubAckFuture, len(keys))
-	for i, k := range keys {
-		m := nats.NewMsg(claimSubject(runID, k))
-		m.Data = []byte(strconv.Itoa(highest + i + 1))
-		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
-		if futures[i], err = b.js.PublishMsgAsync(m); err != nil {
-			return 0, fmt.Errorf("store claim: %w", err)
-		}
+	slot := func(i int) int { return highest + i + 1 }
+	pending := make([]int, len(keys))
+	for i := range pending {
+		pending[i] = i
 	}
-	var taken []string
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
-			answers[keys[i]] = Admission{Admitted: true, Slot: highest + i + 1, Count: count}
-		case err := <-f.Err():
-			if !isWrongLastSequence(err) {
+	var taken []int
+	var lost error
+	for attempt := 0; len(pending) > 0; attempt++ {
+		if err := waitToRecover(ctx, attempt); err != nil {
+			return 0, fmt.Errorf("store claim: %v; %w", lost, err)
+		}
+		futures := make([]jetstream.PubAckFuture, len(pending))
+		for j, i := range pending {
+			m := nats.NewMsg(claimSubject(runID, keys[i]))
+			m.Data = []byte(strconv.Itoa(slot(i)))
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+			if futures[j], err = b.js.PublishMsgAsync(m); err != nil {
 				return 0, fmt.Errorf("store claim: %w", err)
 			}
-			taken = append(taken, keys[i])
-		case <-ctx.Done():
-			return 0, ctx.Err()
 		}
+		var again []int
+		for j, i := range pending {
+			select {
+			case <-futures[j].Ok():
+				answers[keys[i]] = Admission{Admitted: true, Slot: slot(i), Count: count}
+			case err := <-futures[j].Err():
+				switch {
+				case isWrongLastSequence(err):
+					taken = append(taken, i)
+				case refused(err):
+					return 0, fmt.Errorf("store claim: %w", err)
+				default:
+					lost = err
+					again = append(again, i)
+				}
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		}
+		pending = again
 	}
 	if len(taken) == 0 {
 		return 0, nil
 	}
-	rest, err := b.checkClaims(ctx, runID, taken, answers)
+	takenKeys := make([]string, len(taken))
+	for j, i := range taken {
+		takenKeys[j] = keys[i]
+	}
+	rest, err := b.checkClaims(ctx, runID, takenKeys, answers)
 	if err != nil {
 		return 0, err
 	}
@@ -267,21 +297,28 @@ func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, co
 		// between (the stream purged) would do it. Try again.
 		return 0, fmt.Errorf("store claim: the claims of %d keys were there, then gone", len(rest))
 	}
-	return len(taken), nil
+	for _, i := range taken {
+		if answers[keys[i]].Slot == slot(i) {
+			answers[keys[i]] = Admission{Admitted: true, Slot: slot(i), Count: count}
+		} else {
+			wasted++
+		}
+	}
+	return wasted, nil
 }
 
 // returnSlots takes n wasted slots off the run's count.
-func (b *Bus) returnSlots(ctx context.Context, countSubj string, n int) error {
+func (b *Bus) returnSlots(ctx context.Context, runID string, n int) error {
 	for attempt := 0; ; attempt++ {
 		if err := backOff(ctx, attempt); err != nil {
 			return fmt.Errorf("return slots: %w", err)
 		}
-		c, err := b.readCount(ctx, countSubj)
+		c, err := b.readCount(ctx, runID)
 		if err != nil {
 			return err
 		}
-		_, err = b.putCount(ctx, countSubj, c.seq, claimCount{count: c.count - n, highest: c.highest}, nil)
-		if err == nil || !isWrongLastSequence(err) {
+		stored, err := b.storeCount(ctx, runID, c.seq, claimCount{count: c.count - n, highest: c.highest}, nil)
+		if stored || err != nil {
 			return err
 		}
 	}
@@ -298,17 +335,49 @@ func backOff(ctx context.Context, attempt int) error {
 	if attempt <= 0 {
 		return nil
 	}
+	return sleep(ctx, time.Duration(rand.Int64N(int64(100*time.Microsecond)*int64(min(attempt, 20)))))
+}
+
+// waitToRecover comes before each attempt at a request whose answer was
+// lost: none before the first; then from 100 ms, twice as long each time
+// up to 2 s, at random within that, while the stream elects a leader or
+// the connection is made again; until the commit's own deadline.
+func waitToRecover(ctx context.Context, attempt int) error {
+	if attempt <= 0 {
+		return nil
+	}
+	d := min(100*time.Millisecond<<min(attempt-1, 5), 2*time.Second)
+	return sleep(ctx, d/2+time.Duration(rand.Int64N(int64(d/2))))
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-time.After(time.Duration(rand.Int64N(int64(100*time.Microsecond) * int64(min(attempt, 20))))):
+	case <-t.C:
 		return nil
 	}
 }
 
-// countSubject holds a run's count; claimSubject, the claim of one key.
+// claimRequestTimeout bounds one request of a commit, so that a request
+// whose answer is lost is found out while the commit has time left.
+const claimRequestTimeout = 5 * time.Second
+
+// refused reports whether err is the stream's answer to a request (its
+// fate known: not stored), rather than a request whose fate is unknown (a
+// timeout, a broken connection, no stream leader to answer).
+func refused(err error) bool {
+	var je jetstream.JetStreamError
+	return errors.As(err, &je) && je.APIError() != nil
+}
+
+// countSubject holds a run's count; claimSubject, the claim of one key;
+// fenceSubject, the fence of a count message whose fate was unknown.
 func countSubject(runID string) string      { return claimsPrefix + runID + ".n" }
 func claimSubject(runID, key string) string { return claimsPrefix + runID + ".k." + key }
+func fenceSubject(runID, id string) string  { return claimsPrefix + runID + ".f." + id }
 
 // claimCount is the last message of a run's count subject: the number of
 // distinct keys admitted, and the highest slot ever reserved (slots of
@@ -318,9 +387,23 @@ type claimCount struct {
 	seq            uint64 // the message's stream sequence (0: none yet)
 }
 
-// putCount stores next on the count subject if its last message is still
-// lastSeq, naming the keys reserved by it ("count @highest key…").
-func (b *Bus) putCount(ctx context.Context, countSubj string, lastSeq uint64, next claimCount, keys []string) (*jetstream.PubAck, error) {
+// storeCount stores next on the run's count subject if its last message
+// is still lastSeq, naming the keys reserved by it ("count @highest
+// key…"), and answers whether it was stored: not when another's came
+// first.
+//
+// A count message whose answer is lost may have been stored or not, and
+// may still be on its way. Sent again, it could be counted twice; taken
+// for lost, its slots would be used by nobody. So it carries a message id
+// of its own, and then a fence is stored under the same id on a subject
+// of its own. The claims stream keeps the ids of its messages for its
+// duplicate window (minutes, against a commit's 30 s): if the count was
+// stored, the fence is refused as its duplicate; if not, the fence takes
+// the id, and the count message, were it still on its way, would be
+// refused as the fence's duplicate. If the fence's own answer is lost, it
+// is sent again: refused as a duplicate then, it is the fence's subject
+// that tells which of the two holds the id.
+func (b *Bus) storeCount(ctx context.Context, runID string, lastSeq uint64, next claimCount, keys []string) (bool, error) {
 	data := make([]byte, 0, 24+len(keys)*(len(ClaimKey("", ""))+1))
 	data = strconv.AppendInt(data, int64(next.count), 10)
 	data = append(data, " @"...)
@@ -329,25 +412,91 @@ func (b *Bus) putCount(ctx context.Context, countSubj string, lastSeq uint64, ne
 		data = append(data, ' ')
 		data = append(data, k...)
 	}
-	m := nats.NewMsg(countSubj)
+	id := newCountID()
+	m := nats.NewMsg(countSubject(runID))
 	m.Data = data
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(lastSeq, 10))
-	ack, err := b.js.PublishMsg(ctx, m)
-	if err != nil {
-		return nil, fmt.Errorf("count: %w", err)
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	rctx, cancel := context.WithTimeout(ctx, claimRequestTimeout)
+	_, err := b.js.PublishMsg(rctx, m)
+	cancel()
+	switch {
+	case err == nil:
+		return true, nil
+	case isWrongLastSequence(err):
+		return false, nil
+	case refused(err):
+		return false, fmt.Errorf("count: %w", err)
 	}
-	return ack, nil
+	lost := err
+	fence := fenceSubject(runID, id)
+	for attempt := 1; ; attempt++ {
+		if err := waitToRecover(ctx, attempt); err != nil {
+			return false, fmt.Errorf("count: %v; whether it was stored is unknown: %w", lost, err)
+		}
+		f := nats.NewMsg(fence)
+		f.Header.Set(jetstream.MsgIDHeader, id)
+		rctx, cancel := context.WithTimeout(ctx, claimRequestTimeout)
+		ack, err := b.js.PublishMsg(rctx, f)
+		cancel()
+		if err != nil {
+			lost = err
+			continue
+		}
+		if !ack.Duplicate {
+			return false, nil // the fence holds the id
+		}
+		_, found, err := b.getLast(ctx, fence)
+		if err != nil {
+			return false, fmt.Errorf("count: %v; whether it was stored is unknown: %w", lost, err)
+		}
+		return !found, nil
+	}
+}
+
+// newCountID is the message id of one count message: 16 random bytes.
+func newCountID() string {
+	var r [16]byte
+	for i := 0; i < len(r); i += 8 {
+		v := rand.Uint64()
+		for j := range 8 {
+			r[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return base64.RawURLEncoding.EncodeToString(r[:])
+}
+
+// getLast reads the last message of subject, making the request again
+// while its answer is lost; found is false if the subject holds none.
+func (b *Bus) getLast(ctx context.Context, subject string) (m *jetstream.RawStreamMsg, found bool, err error) {
+	for attempt := 0; ; attempt++ {
+		if werr := waitToRecover(ctx, attempt); werr != nil {
+			return nil, false, fmt.Errorf("%v; %w", err, werr)
+		}
+		rctx, cancel := context.WithTimeout(ctx, claimRequestTimeout)
+		m, err = b.claims.GetLastMsgForSubject(rctx, subject)
+		cancel()
+		switch {
+		case err == nil:
+			return m, true, nil
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil, false, nil
+		case refused(err):
+			return nil, false, err
+		}
+	}
 }
 
 // readCount reads the run's count. A message of the earlier form ("slot
 // key", one key a message, slot equal to the count) is read as well.
-func (b *Bus) readCount(ctx context.Context, countSubj string) (claimCount, error) {
-	m, err := b.claims.GetLastMsgForSubject(ctx, countSubj)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return claimCount{}, nil
-	}
+func (b *Bus) readCount(ctx context.Context, runID string) (claimCount, error) {
+	countSubj := countSubject(runID)
+	m, found, err := b.getLast(ctx, countSubj)
 	if err != nil {
 		return claimCount{}, fmt.Errorf("read count: %w", err)
+	}
+	if !found {
+		return claimCount{}, nil
 	}
 	first, rest, _ := strings.Cut(string(m.Data), " ")
 	n, err := strconv.Atoi(first)
@@ -381,13 +530,13 @@ func (b *Bus) checkClaims(ctx context.Context, runID string, keys []string, answ
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			m, err := b.claims.GetLastMsgForSubject(ctx, claimSubject(runID, k))
+			m, ok, err := b.getLast(ctx, claimSubject(runID, k))
 			switch {
-			case err == nil:
+			case err != nil:
+				res[i] = found{err: fmt.Errorf("read claim: %w", err)}
+			case ok:
 				slot, _ := strconv.Atoi(string(m.Data))
 				res[i] = found{slot: slot, ok: true}
-			case !errors.Is(err, jetstream.ErrMsgNotFound):
-				res[i] = found{err: fmt.Errorf("read claim: %w", err)}
 			}
 		}()
 	}

@@ -242,11 +242,9 @@ func (c *cluster) verify(ctx context.Context, id string, began time.Time, seen *
 	// The cap: never more than cap of the valid indicators reached
 	// Triage, and, without lost deliveries, exactly cap. A worker killed
 	// after reserving slots for its group of claims and before storing
-	// the claims leaves those slots used (at most its 4 jobs in hand),
-	// and so does a reservation stored but not acknowledged in a
-	// failover (a known gap, docs/deploy.md). With lost deliveries the
-	// test allows 1% of the cap for it, so that a gross loss of
-	// admissions still fails.
+	// the claims leaves those slots used (at most its 4 jobs in hand; a
+	// known gap, docs/deploy.md). With lost deliveries the test allows 1%
+	// of the cap for it, so that a gross loss of admissions still fails.
 	valid := len(inds) - counts[message.StatusInvalid]
 	admitted := counts[message.StatusCreated] + counts[message.StatusExists]
 	want := min(c.settings.cap, valid)
