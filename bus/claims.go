@@ -257,12 +257,21 @@ func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, co
 			m.Data = []byte(strconv.Itoa(slot(i)))
 			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 			if futures[j], err = b.js.PublishMsgAsync(m); err != nil {
-				return 0, fmt.Errorf("store claim: %w", err)
+				futures[j] = unsent{err}
 			}
 		}
+		// An answer not back within claimRequestTimeout is taken for
+		// lost: a stream leader that stopped answers nothing, and the
+		// asynchronous publication's own timeout is the commit's.
+		timeout := time.NewTimer(claimRequestTimeout)
 		var again []int
+	wait:
 		for j, i := range pending {
 			select {
+			case <-timeout.C:
+				lost = errors.New("no answer within " + claimRequestTimeout.String())
+				again = append(again, pending[j:]...)
+				break wait
 			case <-futures[j].Ok():
 				answers[keys[i]] = Admission{Admitted: true, Slot: slot(i), Count: count}
 			case err := <-futures[j].Err():
@@ -276,9 +285,11 @@ func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, co
 					again = append(again, i)
 				}
 			case <-ctx.Done():
+				timeout.Stop()
 				return 0, ctx.Err()
 			}
 		}
+		timeout.Stop()
 		pending = again
 	}
 	if len(taken) == 0 {
@@ -306,6 +317,17 @@ func (b *Bus) mark(ctx context.Context, runID string, keys []string, highest, co
 	}
 	return wasted, nil
 }
+
+// unsent is the answer of a publication that could not be sent.
+type unsent struct{ err error }
+
+func (u unsent) Ok() <-chan *jetstream.PubAck { return nil }
+func (u unsent) Err() <-chan error {
+	c := make(chan error, 1)
+	c <- u.err
+	return c
+}
+func (u unsent) Msg() *nats.Msg { return nil }
 
 // returnSlots takes n wasted slots off the run's count.
 func (b *Bus) returnSlots(ctx context.Context, runID string, n int) error {
@@ -363,7 +385,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // claimRequestTimeout bounds one request of a commit, so that a request
 // whose answer is lost is found out while the commit has time left.
-const claimRequestTimeout = 5 * time.Second
+var claimRequestTimeout = 5 * time.Second
 
 // refused reports whether err is the stream's answer to a request (its
 // fate known: not stored), rather than a request whose fate is unknown (a

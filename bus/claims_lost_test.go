@@ -23,7 +23,12 @@ const (
 	lostAfter               // stored, the answer lost
 	lostBefore              // never reached the stream
 	arrivesLate             // held back, reaches the stream when the fence is sent
+	unanswered              // stored, and no answer ever comes (a leader that stopped)
 )
+
+func (l loss) String() string {
+	return [...]string{"delivered", "stored, the answer lost", "never arrived", "arrives late", "stored, no answer ever"}[l]
+}
 
 // lossyJS is the bus's JetStream, with the answers of chosen publications
 // lost on the way back: the stream and its rules are the real server's.
@@ -95,6 +100,12 @@ func (l *lossyJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream
 		l.held = append(l.held, m)
 		l.mu.Unlock()
 		return nil, context.DeadlineExceeded
+	case unanswered:
+		if _, err := l.JetStream.PublishMsg(ctx, m, opts...); err != nil {
+			return nil, err
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	return l.JetStream.PublishMsg(ctx, m, opts...)
 }
@@ -106,6 +117,11 @@ func (l *lossyJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (je
 		return failedFuture(m, err), nil
 	case lostBefore:
 		return failedFuture(m, nil), nil
+	case unanswered:
+		if _, err := l.JetStream.PublishMsg(context.Background(), m); err != nil {
+			return failedFuture(m, err), nil
+		}
+		return &failedFutureT{m: m, err: make(chan error)}, nil
 	}
 	return l.JetStream.PublishMsgAsync(m, opts...)
 }
@@ -129,6 +145,14 @@ func failedFuture(m *nats.Msg, err error) jetstream.PubAckFuture {
 func (f *failedFutureT) Ok() <-chan *jetstream.PubAck { return nil }
 func (f *failedFutureT) Err() <-chan error            { return f.err }
 func (f *failedFutureT) Msg() *nats.Msg               { return f.m }
+
+// shortRequests has a request of a commit given up on after 200 ms, not
+// 5 s, for the length of the test.
+func shortRequests(t *testing.T) {
+	was := claimRequestTimeout
+	claimRequestTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { claimRequestTimeout = was })
+}
 
 // claimGroup claims keys of run at once, so that they go in one commit.
 // A claim that fails is claimed again, as its redelivered job would be;
@@ -205,9 +229,11 @@ func TestACountWhoseAnswerWasLostIsFoundOut(t *testing.T) {
 		{"arrives after its fence", arrivesLate, delivered},
 		{"stored, and the fence's answer lost too", lostAfter, lostAfter},
 		{"never arrived, and the fence's answer lost", lostBefore, lostAfter},
+		{"stored, no answer ever", unanswered, delivered},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := connect(t, startServer(t))
+			shortRequests(t)
 			l := lossy(b, func(kind string, n int) loss {
 				switch {
 				case kind == "n" && n == 1:
@@ -239,9 +265,10 @@ func TestACountWhoseAnswerWasLostIsFoundOut(t *testing.T) {
 // is recognised as this commit's own by its slot, admitted, and its slot
 // is not taken back off the count.
 func TestAClaimWhoseAnswerWasLostIsRecognisedByItsSlot(t *testing.T) {
-	for _, how := range []loss{lostAfter, lostBefore} {
+	for _, how := range []loss{lostAfter, lostBefore, unanswered} {
 		t.Run(fmt.Sprint(how), func(t *testing.T) {
 			b := connect(t, startServer(t))
+			shortRequests(t)
 			lossy(b, func(kind string, n int) loss {
 				if kind == "k" && n%2 == 1 && n < 8 {
 					return how
