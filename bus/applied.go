@@ -44,7 +44,7 @@ func (b *Bus) LastApplied(ctx context.Context, indicatorID int64) (Applied, uint
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return nil, 0, nil
 	case err != nil:
-		return nil, 0, fmt.Errorf("read the write-back order of indicator %d: %w", indicatorID, transient(err))
+		return nil, 0, fmt.Errorf("read the write-back order of indicator %d: %w", indicatorID, requestFailed(ctx, err))
 	}
 	var v appliedEntry
 	if json.Unmarshal(e.Value(), &v) != nil || v.V != 1 {
@@ -73,5 +73,5 @@ func (b *Bus) SetApplied(ctx context.Context, indicatorID int64, a Applied, rev 
 	case errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err):
 		return ErrAppliedChanged
 	}
-	return fmt.Errorf("store the write-back order of indicator %d: %w", indicatorID, transient(err))
+	return fmt.Errorf("store the write-back order of indicator %d: %w", indicatorID, requestFailed(ctx, err))
 }

@@ -3,10 +3,12 @@ package bus
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tqtriage/tqtriage/internal/retry"
 )
 
 // TestAppliedIsCompareAndSet: two processes read an indicator's entry;
@@ -69,4 +71,50 @@ func TestAnUnreadableAppliedEntryIsReplaced(t *testing.T) {
 	if err != nil || e.Operation() != jetstream.KeyValuePut {
 		t.Fatal(err)
 	}
+}
+
+// Seen in a container test: a NATS node stopped during a run, the
+// write-back order entry of one indicator was not stored within the
+// client's 5 s, and its result was dead-lettered on its first delivery:
+// the client's deadline read as the caller's. A request NATS does not
+// answer is worth another delivery, so long as the caller has not ended.
+func TestARequestNATSDoesNotAnswerIsTriedAgain(t *testing.T) {
+	s := startServer(t)
+	b := connect(t, s)
+	s.Shutdown()
+	s.WaitForShutdown()
+
+	// The handler's context has no deadline: nats.go gives each request 5 s.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The caller's own deadline passes: not retried, the caller ended.
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+
+	type call struct {
+		name string
+		do   func(context.Context) error
+	}
+	calls := []call{
+		{"read the order entry", func(ctx context.Context) error { _, _, err := b.LastApplied(ctx, 42); return err }},
+		{"store the order entry", func(ctx context.Context) error { return b.SetApplied(ctx, 42, Applied{"ID": time.Now()}, 0) }},
+		{"publish", func(ctx context.Context) error {
+			_, err := b.Publish(ctx, Publication{Subject: "tqtriage.results.run-1", Data: []byte("{}")})
+			return err
+		}},
+	}
+	var wg sync.WaitGroup
+	for _, c := range calls {
+		wg.Go(func() {
+			err := c.do(ctx)
+			if err == nil || !retry.IsRetryable(err) {
+				t.Errorf("%s, NATS away: %v; want an error worth another delivery", c.name, err)
+			}
+			err = c.do(short)
+			if err == nil || retry.IsRetryable(err) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s, the caller's deadline passed: %v; want the caller's deadline, not retried", c.name, err)
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -43,7 +43,7 @@ func (b *Bus) publish(ctx context.Context, p Publication, hdr nats.Header) (PubA
 		if v := b.refusals.since(since); v != "" {
 			return PubAck{}, fmt.Errorf("publish to %s: NATS refused this user: %s", p.Subject, strings.TrimPrefix(v, "nats: "))
 		}
-		return PubAck{}, fmt.Errorf("publish to %s: %w", p.Subject, transient(err))
+		return PubAck{}, fmt.Errorf("publish to %s: %w", p.Subject, requestFailed(ctx, err))
 	}
 	return PubAck{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
 }
@@ -95,6 +95,23 @@ type transientError struct{ error }
 
 func (transientError) Retryable() bool { return true }
 func (e transientError) Unwrap() error { return e.error }
+
+// requestFailed is transient(err) for a request to NATS made under the
+// caller's ctx. A request NATS does not answer in time ends in
+// context.DeadlineExceeded whether the deadline was the caller's or the
+// client's own (nats.go gives a request without one 5 s): left in the
+// chain, the client's would read as the caller having ended, which is
+// never retried, and the message would be dead-lettered on its first
+// delivery. Seen in a container test: a NATS node stopped, the write-back
+// order entry of one indicator not stored in time, its result
+// dead-lettered. While the caller's ctx has not ended, the deadline is
+// not the caller's: the error keeps its text, not its identity.
+func requestFailed(ctx context.Context, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		err = fmt.Errorf("%s (no answer from NATS in time)", err)
+	}
+	return transient(err)
+}
 
 func transient(err error) error {
 	if err == nil || errors.Is(err, context.Canceled) || Permanent(err) {
