@@ -214,6 +214,17 @@ func checkExact(t *testing.T, b *Bus, run string, got []Admission, limit int) {
 	}
 }
 
+// claimExactly claims limit keys of run in one group, checks them exact,
+// and that none failed: the commit was to do.
+func claimExactly(t *testing.T, b *Bus, run string, limit int, do string) {
+	t.Helper()
+	got, again := claimGroup(t, b, run, keysOf(run, limit), limit)
+	checkExact(t, b, run, got, limit)
+	if again > 0 {
+		t.Errorf("%d claims failed and were claimed again; want the commit to %s", again, do)
+	}
+}
+
 // Seen in the container tests: the jobs stream's leader was stopped during
 // a run, and the run admitted fewer than its cap allowed. A reservation
 // whose answer was lost failed its whole group; if it had been stored,
@@ -243,12 +254,7 @@ func TestACountWhoseAnswerWasLostIsFoundOut(t *testing.T) {
 				}
 				return delivered
 			})
-			const limit = 4
-			got, again := claimGroup(t, b, "run-lost", keysOf("lost", limit), limit)
-			checkExact(t, b, "run-lost", got, limit)
-			if again > 0 {
-				t.Errorf("%d claims failed and were claimed again; want the commit to find out what became of its count", again)
-			}
+			claimExactly(t, b, "run-lost", 4, "find out what became of its count")
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			if l.counts["f"] == 0 {
@@ -275,12 +281,7 @@ func TestAClaimWhoseAnswerWasLostIsRecognisedByItsSlot(t *testing.T) {
 				}
 				return delivered
 			})
-			const limit = 6
-			got, again := claimGroup(t, b, "run-lost-claims", keysOf("claims", limit), limit)
-			checkExact(t, b, "run-lost-claims", got, limit)
-			if again > 0 {
-				t.Errorf("%d claims failed and were claimed again; want the commit to store them again", again)
-			}
+			claimExactly(t, b, "run-lost-claims", 6, "store them again")
 		})
 	}
 }
