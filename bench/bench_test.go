@@ -147,7 +147,7 @@ func BenchmarkRunRateBound(b *testing.B) {
 
 // workerFleet serves a run with `worker` processes on a JetStream server
 // of this process's own; it returns the publish-to-last-result time.
-func workerFleet(b *testing.B, s *sims, replicas, n int, env ...string) (time.Duration, []time.Duration) {
+func workerFleet(b *testing.B, s *sims, replicas, n int, env ...string) (took time.Duration, cpu []time.Duration, peaks []int64) {
 	b.Helper()
 	srv := bustest.Server(b)
 	url := srv.ClientURL()
@@ -174,16 +174,15 @@ func workerFleet(b *testing.B, s *sims, replicas, n int, env ...string) (time.Du
 		b.Fatal(err)
 	}
 	tally, _, err := run.Follow(ctx, pub, rec.ID, run.FollowOptions{})
-	took := time.Since(start)
+	took = time.Since(start)
 	if err != nil || tally.Count(message.StatusCreated) != n {
 		b.Fatalf("run: %v, %s", err, tally.Line(int64(n)))
 	}
-	var cpu []time.Duration
 	for _, w := range workers {
-		c, _ := w.stop()
-		cpu = append(cpu, c)
+		c, peak := w.stop()
+		cpu, peaks = append(cpu, c), append(peaks, peak)
 	}
-	return took, cpu
+	return took, cpu, peaks
 }
 
 // waitConsumers waits until the workers' consumer has as many pulls
@@ -218,7 +217,7 @@ func BenchmarkScaleOut(b *testing.B) {
 		rates := map[int]float64{}
 		for _, replicas := range []int{1, 3} {
 			s := startSims(b, triagesim.Options{Latency: latency}, n, fmt.Sprint("scale", replicas))
-			took, _ := workerFleet(b, s, replicas, n, "WORKER_CONCURRENCY", "16")
+			took, _, _ := workerFleet(b, s, replicas, n, "WORKER_CONCURRENCY", "16")
 			rates[replicas] = float64(n) / took.Seconds()
 			b.Logf("%d replica(s): %d creates in %v: %.0f/s (bound %.0f/s)", replicas, n, took.Round(time.Millisecond), rates[replicas], float64(16*replicas)/latency.Seconds())
 		}
@@ -234,10 +233,11 @@ func BenchmarkWorkerCPU(b *testing.B) {
 	const n = 20000
 	for range b.N {
 		s := startSims(b, triagesim.Options{}, n, "wcpu")
-		took, cpu := workerFleet(b, s, 1, n, "WORKER_CONCURRENCY", "64")
+		took, cpu, peaks := workerFleet(b, s, 1, n, "WORKER_CONCURRENCY", "64")
 		per := float64(cpu[0].Microseconds()) / n
 		b.ReportMetric(per, "worker-cpu-µs/job")
-		b.Logf("%d jobs in %v: the worker spent %.0f µs of CPU each (target 100)", n, took.Round(time.Millisecond), per)
+		b.ReportMetric(mib(peaks[0]), "worker-peak-MiB")
+		b.Logf("%d jobs in %v: the worker spent %.0f µs of CPU each (target 100); its peak RSS %.0f MiB", n, took.Round(time.Millisecond), per, mib(peaks[0]))
 	}
 }
 
@@ -252,7 +252,7 @@ func BenchmarkFleetBudget(b *testing.B) {
 		for _, replicas := range []int{1, 3} {
 			s := startSims(b, triagesim.Options{Latency: 5 * time.Millisecond}, n, fmt.Sprint("fleet", replicas))
 			start := time.Now()
-			took, _ := workerFleet(b, s, replicas, n, "WORKER_CONCURRENCY", "32", "TRIAGE_RATE_LIMIT", fmt.Sprint(budget))
+			took, _, _ := workerFleet(b, s, replicas, n, "WORKER_CONCURRENCY", "32", "TRIAGE_RATE_LIMIT", fmt.Sprint(budget))
 			over, highest := s.perSec.over(start, time.Now(), budget*1.1)
 			rate := float64(n) / took.Seconds()
 			b.ReportMetric(rate/budget, fmt.Sprintf("of-budget/%d", replicas))

@@ -9,6 +9,7 @@ import (
 	"iter"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -109,6 +110,9 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	if err := s.err(); err != nil {
 		return usageErr("%w", err)
 	}
+	if gogc, ours := tuneCollector(); ours {
+		log.Info().Int("gogc", gogc).Msg("the collector is set for a replica's small heap; set GOGC to choose")
+	}
 	m := pipeline.NewMetrics()
 	rep, err := build(ctx, log, m.HTTP)
 	if err != nil {
@@ -128,6 +132,26 @@ func runReplica(ctx context.Context, args []string, stdout, stderr io.Writer, na
 	err = rep.serve(ctx, b, log, m.Bus)
 	log.Info().Msg(strings.Replace(name, "writeback", "write-back", 1) + " stopped")
 	return err
+}
+
+// replicaGOGC is a worker or write-back replica's collector setting when
+// GOGC is not set. Its heap is small (the jobs in hand, no embedded
+// server), so Go's default of 100 has the collector run every few
+// megabytes: `make bench`, the worker replica alone, 20,000 jobs, took
+// 74 to 97 µs of CPU a job at 100 and 64 to 74 at 400, for a peak RSS of
+// 43 MiB instead of 30. run keeps Go's default: its heap holds the
+// embedded server's, and its peak would grow with it.
+const replicaGOGC = 400
+
+// tuneCollector sets replicaGOGC unless GOGC is set, and says which
+// setting the collector runs at and whether it was ours.
+func tuneCollector() (gogc int, ours bool) {
+	if v, set := os.LookupEnv("GOGC"); set {
+		n, _ := strconv.Atoi(v)
+		return n, false
+	}
+	debug.SetGCPercent(replicaGOGC)
+	return replicaGOGC, true
 }
 
 // addPublish adds the flags of one run.
