@@ -465,14 +465,17 @@ func (b *Bus) storeCount(ctx context.Context, runID string, lastSeq uint64, next
 			lost = err
 			continue
 		}
-		if !ack.Duplicate {
-			return false, nil // the fence holds the id
+		stored := false
+		if ack.Duplicate {
+			_, found, err := b.getLast(ctx, fence)
+			if err != nil {
+				return false, fmt.Errorf("count: %v; whether it was stored is unknown: %w", lost, err)
+			}
+			stored = !found // not the fence's: the count's
 		}
-		_, found, err := b.getLast(ctx, fence)
-		if err != nil {
-			return false, fmt.Errorf("count: %v; whether it was stored is unknown: %w", lost, err)
-		}
-		return !found, nil
+		b.log.Warn().Str("run", runID).AnErr("lost", lost).Bool("stored", stored).
+			Msg("the answer to a claims count was lost; found out by a fence")
+		return stored, nil
 	}
 }
 
