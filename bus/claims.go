@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -390,10 +391,7 @@ var claimRequestTimeout = 5 * time.Second
 // refused reports whether err is the stream's answer to a request (its
 // fate known: not stored), rather than a request whose fate is unknown (a
 // timeout, a broken connection, no stream leader to answer).
-func refused(err error) bool {
-	var je jetstream.JetStreamError
-	return errors.As(err, &je) && je.APIError() != nil
-}
+func refused(err error) bool { return apiError(err) != nil }
 
 // countSubject holds a run's count; claimSubject, the claim of one key;
 // fenceSubject, the fence of a count message whose fate was unknown.
@@ -434,7 +432,7 @@ func (b *Bus) storeCount(ctx context.Context, runID string, lastSeq uint64, next
 		data = append(data, ' ')
 		data = append(data, k...)
 	}
-	id := newCountID()
+	id := cryptorand.Text() // the count message's own id: 128 random bits, one subject token
 	m := nats.NewMsg(countSubject(runID))
 	m.Data = data
 	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(lastSeq, 10))
@@ -477,18 +475,6 @@ func (b *Bus) storeCount(ctx context.Context, runID string, lastSeq uint64, next
 			Msg("the answer to a claims count was lost; found out by a fence")
 		return stored, nil
 	}
-}
-
-// newCountID is the message id of one count message: 16 random bytes.
-func newCountID() string {
-	var r [16]byte
-	for i := 0; i < len(r); i += 8 {
-		v := rand.Uint64()
-		for j := range 8 {
-			r[i+j] = byte(v >> (8 * j))
-		}
-	}
-	return base64.RawURLEncoding.EncodeToString(r[:])
 }
 
 // getLast reads the last message of subject, making the request again

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -111,40 +112,27 @@ func (l *lossyJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream
 }
 
 func (l *lossyJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
-	switch l.plan(m.Subject) {
-	case lostAfter:
+	switch how := l.plan(m.Subject); how {
+	case lostAfter, unanswered:
 		_, err := l.JetStream.PublishMsg(context.Background(), m)
-		return failedFuture(m, err), nil
-	case lostBefore:
-		return failedFuture(m, nil), nil
-	case unanswered:
-		if _, err := l.JetStream.PublishMsg(context.Background(), m); err != nil {
-			return failedFuture(m, err), nil
+		if err == nil && how == unanswered {
+			return silent{}, nil
 		}
-		return &failedFutureT{m: m, err: make(chan error)}, nil
+		return unsent{cmp.Or(err, nats.ErrDisconnected)}, nil
+	case lostBefore:
+		// What an asynchronous publication hears when its connection
+		// is lost.
+		return unsent{nats.ErrDisconnected}, nil
 	}
 	return l.JetStream.PublishMsgAsync(m, opts...)
 }
 
-// failedFuture answers err, or, if nil, nats.ErrDisconnected: what an
-// asynchronous publication hears when its connection is lost.
-type failedFutureT struct {
-	m   *nats.Msg
-	err chan error
-}
+// silent is the future of a publication whose answer never comes.
+type silent struct{}
 
-func failedFuture(m *nats.Msg, err error) jetstream.PubAckFuture {
-	if err == nil {
-		err = nats.ErrDisconnected
-	}
-	f := &failedFutureT{m: m, err: make(chan error, 1)}
-	f.err <- err
-	return f
-}
-
-func (f *failedFutureT) Ok() <-chan *jetstream.PubAck { return nil }
-func (f *failedFutureT) Err() <-chan error            { return f.err }
-func (f *failedFutureT) Msg() *nats.Msg               { return f.m }
+func (silent) Ok() <-chan *jetstream.PubAck { return nil }
+func (silent) Err() <-chan error            { return nil }
+func (silent) Msg() *nats.Msg               { return nil }
 
 // shortRequests has a request of a commit given up on after 200 ms, not
 // 5 s, for the length of the test.

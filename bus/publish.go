@@ -126,8 +126,17 @@ func Permanent(err error) bool {
 	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrBadHeaderMsg) || errors.Is(err, errSubjectTooLong) {
 		return true
 	}
+	a := apiError(err)
+	return a != nil && a.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+}
+
+// apiError is the stream's own answer in err, if err holds one.
+func apiError(err error) *jetstream.APIError {
 	var je jetstream.JetStreamError
-	return errors.As(err, &je) && je.APIError() != nil && je.APIError().ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+	if errors.As(err, &je) {
+		return je.APIError()
+	}
+	return nil
 }
 
 // maxSubjectBytes bounds the subjects this program publishes on. The
@@ -147,10 +156,6 @@ func checkSubject(s string) error {
 }
 
 func isWrongLastSequence(err error) bool {
-	var je jetstream.JetStreamError
-	if errors.As(err, &je) && je.APIError() != nil {
-		c := je.APIError().ErrorCode
-		return c == jetstream.JSErrCodeStreamWrongLastSequence || c == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	return false
+	a := apiError(err)
+	return a != nil && (a.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || a.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

@@ -68,9 +68,9 @@ func attributesPath(indicatorID int64) string {
 // SetAttributes makes each named attribute of the indicator hold exactly
 // the given value, with this client's attribute source: one list request,
 // then only the writes that change something. The names that are absent
-// are added (one POST, of an array when there are several); a name present with another value has its row changed in
-// place (PUT), keeping the row's id; further rows of the same name are
-// removed (DELETE). Attributes not named in attrs are left alone. Running
+// are added (one POST, of an array when there are several); a name
+// present with another value has its row changed in place (PUT), keeping
+// the row's id; further rows of the same name are removed (DELETE). Attributes not named in attrs are left alone. Running
 // it twice with the same attrs sends no write the second time.
 //
 // It is not atomic: when it fails half-way, running it again completes the
@@ -91,10 +91,10 @@ func (c *Client) SetAttributes(ctx context.Context, indicatorID int64, attrs []A
 // SetAttributesKnown is SetAttributes with the indicator's rows as the
 // caller read them (with the collection: AttributeRow), instead of a list
 // request first: a create's attributes cost one POST (of an array), an
-// update's a PUT each, and values that did not change nothing. rows must hold every row
-// of the names in attrs that the indicator had when read (none: an empty
-// slice). A row that has gone since (a PUT or DELETE answered 404) makes
-// it list the rows and try once more.
+// update's a PUT each, and values that did not change nothing. rows must
+// hold every row of the names in attrs that the indicator had when read
+// (none: an empty slice). A row that has gone since (a PUT or DELETE
+// answered 404) makes it list the rows and try once more.
 func (c *Client) SetAttributesKnown(ctx context.Context, indicatorID int64, attrs []Attribute, rows []AttributeRow) error {
 	if err := checkAttributes(indicatorID, attrs); err != nil || len(attrs) == 0 {
 		return err
